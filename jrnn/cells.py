@@ -82,8 +82,13 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+def _work_dtype(dtype):
+    """Sample in at least float32 (bfloat16 QR and uniform draws are too coarse), float64 if asked."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _orthogonal(key, n, scale, dtype):
-    a = jax.random.normal(key, (n, n), jnp.float32)
+    a = jax.random.normal(key, (n, n), _work_dtype(dtype))
     q, r = jnp.linalg.qr(a)
     q = q * jnp.sign(jnp.diagonal(r))[None, :]  # Haar-uniform (Mezzadri 2007)
     return (scale * q).astype(dtype)
@@ -95,12 +100,12 @@ def _identity(key, n, scale, dtype):
 
 
 def _normal(key, n, scale, dtype):
-    return (scale / math.sqrt(n) * jax.random.normal(key, (n, n), jnp.float32)).astype(dtype)
+    return (scale / math.sqrt(n) * jax.random.normal(key, (n, n), _work_dtype(dtype))).astype(dtype)
 
 
 def _uniform(key, n, scale, dtype):
     bound = scale / math.sqrt(n)
-    return jax.random.uniform(key, (n, n), jnp.float32, -bound, bound).astype(dtype)
+    return jax.random.uniform(key, (n, n), _work_dtype(dtype), -bound, bound).astype(dtype)
 
 
 RECURRENT_INITS: dict[str, Callable[..., Array]] = {
@@ -115,7 +120,7 @@ RECURRENT_INITS: dict[str, Callable[..., Array]] = {
 def glorot_uniform(key, fan_in: int, fan_out: int, dtype=jnp.float32) -> Array:
     """Glorot/Xavier uniform ``(fan_in, fan_out)``: ``U(±sqrt(6 / (fan_in + fan_out)))``."""
     bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, (fan_in, fan_out), jnp.float32, -bound, bound).astype(dtype)
+    return jax.random.uniform(key, (fan_in, fan_out), _work_dtype(dtype), -bound, bound).astype(dtype)
 
 
 def recurrent_matrix(key, hidden_size: int, num_blocks: int, init: str, scale: float, dtype) -> Array:
