@@ -1,0 +1,641 @@
+"""Weight conversion between jrnn and PyTorch / Flax linen.
+
+PyTorch (``torch.nn.RNN``, ``torch.nn.LSTM``, ``torch.nn.GRU``)::
+
+    model, params = from_torch(module)             # -> (jrnn.RNN, NetworkParams)
+    module = to_torch(model, params)               # -> a torch module with the same weights
+    carries = carries_from_torch(model, h_0)       # h_0 (L·dirs, B, H), or (h_0, c_0) for an LSTM
+    h_n = carries_to_torch(model, carries)         # and back
+
+PyTorch stores weights ``(out, in)`` and computes ``x W_ih^T + b_ih + h W_hh^T + b_hh``; jrnn stores
+them ``(in, out)``. Gate blocks are in the same order on both sides (``i, f, g, o`` and ``r, z, n``),
+so per layer and direction::
+
+    w_x = weight_ih.T             w_h = weight_hh.T
+    Vanilla, LSTM:  b = bias_ih + bias_hh          (back: bias_ih = b, bias_hh = 0)
+    GRU:            b_x = bias_ih, b_h = bias_hh   (both kept: b_hn sits inside r·(h w_hn + b_hn))
+
+Layer ``l``'s backward direction is PyTorch's ``*_l{l}_reverse``, and PyTorch's ``h_n[l·dirs + d]``
+is ``carries[l]`` (``carries[l][d]`` when bidirectional). PyTorch packed sequences
+(``pack_padded_sequence(xs, lengths, enforce_sorted=False)``) correspond to ``seq_lengths=lengths``.
+
+Flax linen (``nn.SimpleCell``, ``nn.LSTMCell``, ``nn.OptimizedLSTMCell``, ``nn.GRUCell``)::
+
+    cell, params = from_flax(variables)            # kind and hidden size read from the tree
+    flax_cell, variables = to_flax(cell, params)   # -> (linen cell, {"params": ...})
+    carry = carry_from_flax(cell, flax_carry)      # Flax's LSTM carry is (c, h); ours is (h, c)
+    flax_carry = carry_to_flax(cell, carry)
+
+Flax keeps one ``Dense`` per gate, kernels already ``(in, out)``: ``w_x`` is the column-wise
+concatenation of the input kernels, ``w_h`` of the recurrent ones, in gate order.
+
+These functions convert eagerly (outside ``jit``); ``torch`` is imported only when a PyTorch
+function is called.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn.cells import (
+    Cell,
+    GRUCell,
+    GRUParams,
+    LSTMCarry,
+    LSTMCell,
+    LSTMParams,
+    VanillaCell,
+    VanillaParams,
+)
+from jrnn.network import RNN, NetworkParams
+
+Array = jax.Array
+
+__all__ = [
+    "carries_from_torch",
+    "carries_to_torch",
+    "carry_from_flax",
+    "carry_to_flax",
+    "from_flax",
+    "from_torch",
+    "to_flax",
+    "to_torch",
+    "torch_state_dict",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Array conversion between torch and JAX (bfloat16 has no NumPy bridge in torch, so it goes
+# through float32, which holds every bfloat16 value exactly).
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - torch is an optional dependency
+        raise ImportError("jrnn.interop's PyTorch functions need torch (pip install 'jrnn[peers]')") from e
+    return torch
+
+
+def _is_tensor(x) -> bool:
+    torch = _torch()
+    return isinstance(x, torch.Tensor)
+
+
+def _to_jax(t) -> Array:
+    """A torch tensor (any device, any floating dtype) or array-like as a JAX array."""
+    if not _is_tensor(t):
+        return jnp.asarray(t)
+    torch = _torch()
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return jnp.asarray(t.float().numpy(), jnp.bfloat16)
+    return jnp.asarray(t.numpy())
+
+
+def _torch_dtype(dtype):
+    torch = _torch()
+    table = {
+        jnp.dtype(jnp.float64): torch.float64,
+        jnp.dtype(jnp.float32): torch.float32,
+        jnp.dtype(jnp.float16): torch.float16,
+        jnp.dtype(jnp.bfloat16): torch.bfloat16,
+    }
+    dtype = jnp.dtype(dtype)
+    if dtype not in table:
+        raise TypeError(f"params must be float64, float32, float16 or bfloat16 for PyTorch, got dtype {dtype}")
+    return table[dtype]
+
+
+def _as_torch_dtype(dtype):
+    """``None``, a torch dtype, or a NumPy/JAX floating dtype as a torch dtype (or None)."""
+    torch = _torch()
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _torch_dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype must be a torch or JAX floating dtype, got {dtype!r}") from e
+
+
+def _to_tensor(a, dtype=None):
+    """A JAX / NumPy array as a (writable, CPU) torch tensor, cast to torch ``dtype`` if given."""
+    torch = _torch()
+    a = jnp.asarray(a)
+    target = _torch_dtype(a.dtype) if dtype is None else dtype
+    if a.dtype == jnp.bfloat16:
+        return torch.from_numpy(np.array(a, np.float32)).to(target)
+    return torch.from_numpy(np.array(a)).to(target)
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def _torch_kinds():
+    """``mode -> (torch class, jrnn cell from hidden size)``: one row per torch module kind."""
+    torch = _torch()
+    return {
+        "RNN_TANH": (torch.nn.RNN, lambda H: VanillaCell(H, activation="tanh")),
+        "RNN_RELU": (torch.nn.RNN, lambda H: VanillaCell(H, activation="relu")),
+        "LSTM": (torch.nn.LSTM, LSTMCell),
+        "GRU": (torch.nn.GRU, GRUCell),
+    }
+
+
+def _suffix(layer: int, direction: int) -> str:
+    return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+
+def _directions(model: RNN, layer_params) -> tuple:
+    return tuple(layer_params) if model.bidirectional else (layer_params,)
+
+
+def from_torch(module) -> tuple[RNN, NetworkParams]:
+    """Convert a ``torch.nn.RNN`` (tanh or relu), ``torch.nn.LSTM`` or ``torch.nn.GRU``.
+
+    Any ``num_layers``, ``bidirectional``, ``batch_first`` (a calling convention only: pass
+    ``time_major=not batch_first`` to ``apply`` to feed the same layout) and ``dropout`` (carried
+    over to ``RNN(dropout=...)``; PyTorch's masks are per step, jrnn's per sequence, so only the
+    deterministic forward pass matches). A module with ``bias=False`` gives zero biases.
+
+    The parameters keep the module's dtype: a float64 module gives float64 params (which needs
+    ``jax_enable_x64``; without it JAX stores float32).
+
+    Returns:
+      ``(model, params)``: a ``jrnn.RNN`` spec (default cell initializer settings, which only
+      matter for a later ``model.init``) and its ``NetworkParams`` (``readout=None``).
+
+    Raises:
+      TypeError: ``module`` is not one of the three modules.
+      ValueError: ``proj_size > 0`` (LSTM projections have no jrnn counterpart).
+    """
+    torch = _torch()
+    if not isinstance(module, (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU)):
+        raise TypeError(
+            f"module must be a torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU, got {type(module).__name__}"
+        )
+    if getattr(module, "proj_size", 0) > 0:
+        raise ValueError(
+            f"module.proj_size must be 0: LSTM projections have no jrnn counterpart, got proj_size={module.proj_size}"
+        )
+    kinds = _torch_kinds()
+    if module.mode not in kinds:  # pragma: no cover - every mode of the three modules is listed
+        raise ValueError(f"module.mode must be one of {sorted(kinds)}, got {module.mode!r}")
+    if not 0.0 <= module.dropout < 1.0:
+        raise ValueError(f"module.dropout must be in [0, 1) for jrnn.RNN, got {module.dropout!r}")
+    cell = kinds[module.mode][1](module.hidden_size)
+    model = RNN(
+        cell=cell,
+        num_layers=module.num_layers,
+        bidirectional=bool(module.bidirectional),
+        dropout=float(module.dropout),
+    )
+    weights = {name: _to_jax(p) for name, p in module.named_parameters()}
+    layers = []
+    for layer in range(module.num_layers):
+        directions = []
+        for d in range(model.num_directions):
+            s = _suffix(layer, d)
+            w_x = weights["weight_ih" + s].T  # (D, G·H)
+            w_h = weights["weight_hh" + s].T  # (H, G·H)
+            zeros = jnp.zeros((w_x.shape[1],), w_x.dtype)
+            b_ih = weights.get("bias_ih" + s, zeros)
+            b_hh = weights.get("bias_hh" + s, zeros)
+            if isinstance(cell, GRUCell):
+                directions.append(GRUParams(w_x, w_h, b_ih, b_hh))
+            else:
+                directions.append(cell.params_type(w_x, w_h, b_ih + b_hh))
+        layers.append(tuple(directions) if model.bidirectional else directions[0])
+    return model, NetworkParams(tuple(layers), None)
+
+
+def _torch_mode(model: RNN) -> str:
+    cell = model.cell
+    if isinstance(cell, VanillaCell):
+        if cell.activation not in ("tanh", "relu"):
+            raise ValueError(
+                f"model.cell.activation must be 'tanh' or 'relu' for torch.nn.RNN, got {cell.activation!r}"
+            )
+        return "RNN_TANH" if cell.activation == "tanh" else "RNN_RELU"
+    if isinstance(cell, LSTMCell):
+        return "LSTM"
+    if isinstance(cell, GRUCell):
+        return "GRU"
+    raise TypeError(f"model.cell must be a VanillaCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+
+
+def _check_model(model, params) -> int:
+    """Validate a ``(model, params)`` pair for PyTorch; return the input size."""
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+    _torch_mode(model)
+    if model.output_size is not None:
+        raise ValueError(
+            f"model.output_size must be None for PyTorch (torch.nn.RNN/LSTM/GRU have no readout), got "
+            f"{model.output_size}; convert params.readout to torch.nn.Linear(weight=w.T, bias=b) apart"
+        )
+    return model.check_params(params)
+
+
+def torch_state_dict(model: RNN, params: NetworkParams, *, bias: bool = True, dtype=None) -> dict:
+    """``params`` as a PyTorch state dict (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...).
+
+    Load it with ``module.load_state_dict(...)`` into a module of matching shape. Vanilla and LSTM
+    biases go whole into ``bias_ih``, with zeros in ``bias_hh``. With ``bias=False`` the biases are
+    left out (for a ``bias=False`` module); they must then be zero. ``dtype`` is a torch dtype
+    (default: the params' own).
+    """
+    _check_model(model, params)
+    dtype = _as_torch_dtype(dtype)
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias must be a bool, got {bias!r}")
+    state = {}
+    for layer, layer_params in enumerate(params.layers):
+        for d, p in enumerate(_directions(model, layer_params)):
+            s = _suffix(layer, d)
+            if isinstance(p, GRUParams):
+                b_ih, b_hh = p.b_x, p.b_h
+            else:
+                b_ih, b_hh = p.b, jnp.zeros_like(p.b)
+            state["weight_ih" + s] = _to_tensor(p.w_x.T, dtype)
+            state["weight_hh" + s] = _to_tensor(p.w_h.T, dtype)
+            if bias:
+                state["bias_ih" + s] = _to_tensor(b_ih, dtype)
+                state["bias_hh" + s] = _to_tensor(b_hh, dtype)
+            else:
+                for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+                    if np.any(np.asarray(b, np.float64) != 0.0):
+                        raise ValueError(
+                            f"bias=False needs zero biases, but params.layers[{layer}] "
+                            f"(direction {d}) has a non-zero {name} (max |b| = {float(jnp.abs(b).max())})"
+                        )
+    return state
+
+
+def to_torch(model: RNN, params: NetworkParams, *, batch_first: bool = True, bias: bool = True, dtype=None):
+    """Build the PyTorch module that computes what ``model.apply(params, ·)`` computes.
+
+    A ``VanillaCell`` (tanh or relu) gives ``torch.nn.RNN``, an ``LSTMCell`` ``torch.nn.LSTM`` and a
+    ``GRUCell`` ``torch.nn.GRU``, with the same ``num_layers``, ``bidirectional`` and ``dropout``.
+
+    Args:
+      model: a ``jrnn.RNN`` with ``output_size=None`` (PyTorch's recurrent modules have no readout).
+      params: its ``NetworkParams``.
+      batch_first: the module's layout (``True``: ``(B, T, D)``, jrnn's default).
+      bias: ``True`` (default) builds a module with biases: Vanilla and LSTM put the whole ``b`` into
+        ``bias_ih`` and zeros into ``bias_hh``, GRU copies ``b_x``/``b_h``. So a module converted
+        from ``bias=False`` comes back with ``bias=True`` and zero biases (same outputs). ``False``
+        builds a ``bias=False`` module and requires the biases in ``params`` to be zero.
+      dtype: the module's torch dtype (default: the params' dtype, e.g. float64 -> torch.float64).
+
+    Returns:
+      a CPU ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` in training mode (``module.eval()`` disables its
+      dropout).
+    """
+    input_size = _check_model(model, params)
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
+    first = params.layers[0][0] if model.bidirectional else params.layers[0]
+    dtype = _torch_dtype(first.w_h.dtype) if dtype is None else _as_torch_dtype(dtype)
+    state = torch_state_dict(model, params, bias=bias, dtype=dtype)
+    mode = _torch_mode(model)
+    torch_cls = _torch_kinds()[mode][0]
+    kwargs = {"nonlinearity": "tanh" if mode == "RNN_TANH" else "relu"} if mode.startswith("RNN") else {}
+    with warnings.catch_warnings():  # torch warns about dropout with num_layers=1; jrnn allows it
+        warnings.filterwarnings("ignore", message=".*dropout.*", category=UserWarning)
+        module = torch_cls(
+            input_size,
+            model.hidden_size,
+            num_layers=model.num_layers,
+            bias=bool(bias),
+            batch_first=bool(batch_first),
+            dropout=float(model.dropout),
+            bidirectional=bool(model.bidirectional),
+            dtype=dtype,
+            **kwargs,
+        )
+    module.load_state_dict(state)
+    return module
+
+
+def _check_torch_state(model: RNN, h, argument: str) -> Array:
+    h = _to_jax(h)
+    L = model.num_layers * model.num_directions
+    H = model.hidden_size
+    if h.ndim not in (2, 3) or h.shape[0] != L or h.shape[-1] != H:
+        raise ValueError(
+            f"{argument} must be (num_layers·directions={L}, B, hidden_size={H}) or unbatched ({L}, {H}), "
+            f"got shape {tuple(h.shape)}"
+        )
+    return h
+
+
+def carries_from_torch(model: RNN, h_0) -> tuple:
+    """PyTorch's initial/final state as jrnn carries (one entry per layer).
+
+    ``h_0`` is ``(num_layers·directions, B, H)`` (or unbatched ``(num_layers·directions, H)``), a
+    ``(h_0, c_0)`` pair for an LSTM; torch tensors or arrays. Entry ``l·directions + d`` becomes
+    ``carries[l]`` (``carries[l][d]`` when bidirectional), an ``LSTMCarry(h, c)`` for an LSTM.
+    """
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+    lstm = isinstance(model.cell, LSTMCell)
+    if lstm:
+        if not (isinstance(h_0, (tuple, list)) and len(h_0) == 2):
+            raise TypeError(f"h_0 for an LSTM must be a (h_0, c_0) pair, got {type(h_0).__name__}")
+        h = _check_torch_state(model, h_0[0], "h_0[0] (h_0)")
+        c = _check_torch_state(model, h_0[1], "h_0[1] (c_0)")
+        if h.shape != c.shape:
+            raise ValueError(f"h_0 and c_0 must have the same shape, got {tuple(h.shape)} and {tuple(c.shape)}")
+    else:
+        if isinstance(h_0, (tuple, list)):
+            raise TypeError(f"h_0 for a {type(model.cell).__name__} must be one tensor, got a {type(h_0).__name__}")
+        h = _check_torch_state(model, h_0, "h_0")
+    carries = []
+    dirs = model.num_directions
+    for layer in range(model.num_layers):
+        one = [LSTMCarry(h[layer * dirs + d], c[layer * dirs + d]) if lstm else h[layer * dirs + d] for d in range(dirs)]
+        carries.append(tuple(one) if model.bidirectional else one[0])
+    return tuple(carries)
+
+
+def carries_to_torch(model: RNN, carries, *, dtype=None):
+    """jrnn carries as PyTorch's ``h_n`` ``(num_layers·directions, B, H)`` (``(h_n, c_n)`` for an
+    LSTM), torch tensors of the carries' dtype unless ``dtype`` (a torch dtype) is given."""
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+    if not isinstance(carries, (tuple, list)) or len(carries) != model.num_layers:
+        got = len(carries) if isinstance(carries, (tuple, list)) else type(carries).__name__
+        raise TypeError(f"carries must be a tuple with num_layers={model.num_layers} entries, got {got}")
+    flat = []
+    for layer, c in enumerate(carries):
+        if model.bidirectional and not (isinstance(c, tuple) and not hasattr(c, "_fields") and len(c) == 2):
+            raise TypeError(
+                f"carries[{layer}] must be a (forward, backward) pair for a bidirectional RNN, got {type(c).__name__}"
+            )
+        for d, cd in enumerate(c if model.bidirectional else (c,)):
+            where = f"carries[{layer}]" + (f"[{d}]" if model.bidirectional else "")
+            shape = jnp.shape(cd.h if isinstance(cd, LSTMCarry) else cd)
+            model.cell.check_carry(cd, shape[:-1], where)
+            flat.append(cd)
+    if isinstance(model.cell, LSTMCell):
+        h = jnp.stack([c.h for c in flat])
+        c = jnp.stack([c.c for c in flat])
+        dtype = _as_torch_dtype(dtype)
+        return _to_tensor(h, dtype), _to_tensor(c, dtype)
+    return _to_tensor(jnp.stack(flat), _as_torch_dtype(dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Flax linen
+
+_FLAX_KEYS = {
+    "simple": {"i": ("kernel", "bias"), "h": ("kernel",)},
+    "lstm": {
+        **{f"i{g}": ("kernel",) for g in "ifgo"},
+        **{f"h{g}": ("kernel", "bias") for g in "ifgo"},
+    },
+    "gru": {
+        **{f"i{g}": ("kernel", "bias") for g in "rzn"},
+        "hr": ("kernel",),
+        "hz": ("kernel",),
+        "hn": ("kernel", "bias"),
+    },
+}
+"""``kind -> {Dense name: its leaves}``, the parameter trees of flax.linen's cells."""
+
+_FLAX_KIND_NAMES = {
+    "simple": "simple",
+    "simplecell": "simple",
+    "lstm": "lstm",
+    "lstmcell": "lstm",
+    "optimized_lstm": "lstm",
+    "optimizedlstmcell": "lstm",
+    "gru": "gru",
+    "grucell": "gru",
+}
+
+
+def _flax_activations():
+    return {jnp.tanh: "tanh", jax.nn.relu: "relu", jax.nn.sigmoid: "sigmoid"}
+
+
+def _flax_cell_classes():
+    import flax.linen as nn
+
+    return {nn.SimpleCell: "simple", nn.LSTMCell: "lstm", nn.OptimizedLSTMCell: "lstm", nn.GRUCell: "gru"}
+
+
+def _unwrap_flax(cell_params) -> Mapping:
+    if not isinstance(cell_params, Mapping):
+        raise TypeError(f"cell_params must be a Flax parameter dict, got {type(cell_params).__name__}")
+    tree = cell_params
+    if set(tree) == {"params"}:
+        tree = tree["params"]
+    if isinstance(tree, Mapping) and set(tree) == {"cell"}:  # the variables of nn.RNN(cell)
+        tree = tree["cell"]
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"cell_params['params'] must be a dict, got {type(tree).__name__}")
+    return tree
+
+
+def _flax_kind_from(kind, activation):
+    """Resolve ``kind`` (a name, a linen cell class or instance) into ``(kind, activation)``."""
+    if kind is None or isinstance(kind, str):
+        if kind is not None:
+            key = kind.lower()
+            if key not in _FLAX_KIND_NAMES:
+                raise ValueError(f"kind must be one of {sorted(set(_FLAX_KIND_NAMES))} or a flax.linen cell, got {kind!r}")
+            kind = _FLAX_KIND_NAMES[key]
+        return kind, activation
+    classes = _flax_cell_classes()
+    cls = kind if isinstance(kind, type) else type(kind)
+    if cls not in classes:
+        raise TypeError(
+            "kind must be a name or a flax.linen SimpleCell, LSTMCell, OptimizedLSTMCell or GRUCell, "
+            f"got {cls.__name__}"
+        )
+    name = classes[cls]
+    if isinstance(kind, type):
+        return name, activation
+    acts = _flax_activations()
+    act_fn = getattr(kind, "activation_fn", jnp.tanh)
+    if name == "simple":
+        if getattr(kind, "residual", False):
+            raise ValueError("kind: a SimpleCell with residual=True has no jrnn counterpart")
+        detected = acts.get(act_fn)
+        if detected is None:
+            raise ValueError(
+                f"kind.activation_fn must be tanh, relu or sigmoid to convert, got {getattr(act_fn, '__name__', act_fn)!r}"
+            )
+        if activation is not None and activation != detected:
+            raise ValueError(f"activation={activation!r} contradicts the cell's activation_fn ({detected!r})")
+        return name, detected
+    if act_fn is not jnp.tanh or getattr(kind, "gate_fn", jax.nn.sigmoid) is not jax.nn.sigmoid:
+        raise ValueError(f"kind: a {cls.__name__} converts only with gate_fn=sigmoid and activation_fn=tanh")
+    return name, activation
+
+
+def _infer_flax_kind(tree: Mapping) -> str:
+    for kind, layout in _FLAX_KEYS.items():
+        if set(tree) == set(layout):
+            return kind
+    raise ValueError(
+        "cell_params must be the parameters of a flax.linen SimpleCell (keys i, h), LSTMCell or "
+        "OptimizedLSTMCell (ii..io, hi..ho) or GRUCell (ir, iz, in, hr, hz, hn), got keys "
+        f"{sorted(tree)}"
+    )
+
+
+def _check_flax_tree(tree: Mapping, kind: str) -> None:
+    layout = _FLAX_KEYS[kind]
+    if set(tree) != set(layout):
+        raise ValueError(f"cell_params for kind={kind!r} must have keys {sorted(layout)}, got {sorted(tree)}")
+    H = None
+    for name, leaves in layout.items():
+        sub = tree[name]
+        if not isinstance(sub, Mapping) or set(sub) != set(leaves):
+            got = sorted(sub) if isinstance(sub, Mapping) else type(sub).__name__
+            raise ValueError(f"cell_params[{name!r}] must have leaves {sorted(leaves)}, got {got}")
+        k = jnp.shape(sub["kernel"])
+        if len(k) != 2:
+            raise ValueError(f"cell_params[{name!r}]['kernel'] must be 2-D (in, out), got shape {k}")
+        H = k[1] if H is None else H
+        if k[1] != H or (name.startswith("h") and k[0] != H):
+            raise ValueError(f"cell_params[{name!r}]['kernel'] must be ({'H' if name.startswith('h') else 'D'}, {H}), got {k}")
+        if "bias" in leaves and jnp.shape(sub["bias"]) != (H,):
+            raise ValueError(f"cell_params[{name!r}]['bias'] must be ({H},), got {jnp.shape(sub['bias'])}")
+
+
+def from_flax(cell_params, kind=None, *, activation: str | None = None) -> tuple[Cell, Any]:
+    """Convert the parameters of a Flax linen recurrent cell.
+
+    Args:
+      cell_params: ``cell.init(...)``'s variables ``{"params": {...}}``, the inner dict, or the
+        variables of ``nn.RNN(cell)`` (``{"params": {"cell": {...}}}``).
+      kind: ``None`` (read from the tree's keys), a name (``"simple"``, ``"lstm"``,
+        ``"optimized_lstm"``, ``"gru"``), or the linen cell (class or instance). An instance also
+        gives a ``SimpleCell``'s activation and is checked for settings jrnn cannot express
+        (``residual=True``, other gate or output activations).
+      activation: a ``SimpleCell``'s activation when it cannot be read from ``kind``
+        (``"tanh"``, Flax's default, when not given).
+
+    Returns:
+      ``(cell, params)``: a ``VanillaCell``/``LSTMCell``/``GRUCell`` of the right hidden size and
+      its params. The mapping (gate order ``i, f, g, o`` and ``r, z, n`` on both sides)::
+
+        SimpleCell  w_x = i.kernel, w_h = h.kernel, b = i.bias
+        LSTMCell    w_x = [ii|if|ig|io].kernel, w_h = [hi|hf|hg|ho].kernel, b = [hi|hf|hg|ho].bias
+        GRUCell     w_x = [ir|iz|in].kernel, w_h = [hr|hz|hn].kernel,
+                    b_x = [ir|iz|in].bias, b_h = [0 | 0 | hn.bias]
+
+      ``nn.OptimizedLSTMCell`` has the same parameter tree as ``nn.LSTMCell``. Flax's GRU is the
+      same reset-after cell as jrnn's: ``n = tanh(x W_in + b_in + r·(h W_hn + b_hn))``,
+      ``h' = (1 − z)·n + z·h``. Flax's LSTM carry is ``(c, h)``, jrnn's ``LSTMCarry(h, c)``: see
+      ``carry_from_flax`` / ``carry_to_flax``.
+    """
+    tree = _unwrap_flax(cell_params)
+    kind, activation = _flax_kind_from(kind, activation)
+    if kind is None:
+        kind = _infer_flax_kind(tree)
+    _check_flax_tree(tree, kind)
+    k = lambda name: jnp.asarray(tree[name]["kernel"])  # noqa: E731
+    b = lambda name: jnp.asarray(tree[name]["bias"])  # noqa: E731
+    if kind == "simple":
+        activation = "tanh" if activation is None else activation
+        w_x = k("i")
+        cell = VanillaCell(w_x.shape[1], activation=activation)
+        return cell, VanillaParams(w_x, k("h"), b("i"))
+    if activation is not None:
+        raise ValueError(f"activation applies to SimpleCell only, got activation={activation!r} for kind={kind!r}")
+    if kind == "lstm":
+        w_x = jnp.concatenate([k(f"i{g}") for g in "ifgo"], axis=1)  # (D, 4H)
+        w_h = jnp.concatenate([k(f"h{g}") for g in "ifgo"], axis=1)  # (H, 4H)
+        bias = jnp.concatenate([b(f"h{g}") for g in "ifgo"])  # (4H,)
+        return LSTMCell(w_h.shape[0]), LSTMParams(w_x, w_h, bias)
+    w_x = jnp.concatenate([k(f"i{g}") for g in "rzn"], axis=1)  # (D, 3H)
+    w_h = jnp.concatenate([k(f"h{g}") for g in "rzn"], axis=1)  # (H, 3H)
+    b_x = jnp.concatenate([b(f"i{g}") for g in "rzn"])
+    b_hn = b("hn")
+    b_h = jnp.concatenate([jnp.zeros((2 * b_hn.shape[0],), b_hn.dtype), b_hn])
+    return GRUCell(w_h.shape[0]), GRUParams(w_x, w_h, b_x, b_h)
+
+
+def to_flax(cell: Cell, params, *, optimized: bool = False):
+    """The Flax linen cell and variables that compute what ``cell`` computes with ``params``.
+
+    Returns ``(flax_cell, {"params": {...}})`` with ``flax_cell`` one of ``nn.SimpleCell`` (tanh,
+    relu or sigmoid), ``nn.LSTMCell`` (``nn.OptimizedLSTMCell`` with ``optimized=True``) or
+    ``nn.GRUCell``, with ``param_dtype`` the params' dtype. Flax's GRU has no ``b_hr``/``b_hz``, so
+    they are folded into its input biases (``ir.bias = b_xr + b_hr``, likewise z): the function is
+    the same, and ``from_flax`` then gives those sums in ``b_x`` and zeros in ``b_h[:2H]``.
+    """
+    import flax.linen as nn
+
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jrnn VanillaCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+    cell.check_params(params)
+    H = cell.hidden_size
+    dtype = params.w_h.dtype
+    dense = lambda kernel, bias=None: {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}  # noqa: E731
+    if isinstance(cell, VanillaCell):
+        acts = {v: k for k, v in _flax_activations().items()}
+        if cell.activation not in acts:
+            raise ValueError(
+                f"cell.activation must be 'tanh', 'relu' or 'sigmoid' for nn.SimpleCell, got {cell.activation!r}"
+            )
+        flax_cell = nn.SimpleCell(features=H, activation_fn=acts[cell.activation], param_dtype=dtype)
+        tree = {"i": dense(params.w_x, params.b), "h": dense(params.w_h)}
+    elif isinstance(cell, LSTMCell):
+        cls = nn.OptimizedLSTMCell if optimized else nn.LSTMCell
+        flax_cell = cls(features=H, param_dtype=dtype)
+        blocks = lambda a: jnp.split(a, 4, axis=-1)  # noqa: E731
+        tree = {}
+        for g, wx, wh, bias in zip("ifgo", blocks(params.w_x), blocks(params.w_h), blocks(params.b)):
+            tree[f"i{g}"] = dense(wx)
+            tree[f"h{g}"] = dense(wh, bias)
+    elif isinstance(cell, GRUCell):
+        flax_cell = nn.GRUCell(features=H, param_dtype=dtype)
+        wx, wh = jnp.split(params.w_x, 3, axis=-1), jnp.split(params.w_h, 3, axis=-1)
+        bx, bh = jnp.split(params.b_x, 3), jnp.split(params.b_h, 3)
+        tree = {
+            "ir": dense(wx[0], bx[0] + bh[0]),
+            "iz": dense(wx[1], bx[1] + bh[1]),
+            "in": dense(wx[2], bx[2]),
+            "hr": dense(wh[0]),
+            "hz": dense(wh[1]),
+            "hn": dense(wh[2], bh[2]),
+        }
+    else:
+        raise TypeError(f"cell must be a jrnn VanillaCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+    return flax_cell, {"params": tree}
+
+
+def carry_from_flax(cell: Cell, carry):
+    """A Flax linen cell's carry as jrnn's: an LSTM's ``(c, h)`` becomes ``LSTMCarry(h, c)``;
+    other cells' carry ``h`` is the same on both sides."""
+    if isinstance(cell, LSTMCell):
+        if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
+            raise TypeError(f"carry for an LSTM must be Flax's (c, h) pair, got {type(carry).__name__}")
+        c, h = carry
+        return LSTMCarry(jnp.asarray(h), jnp.asarray(c))
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jrnn cell, got {type(cell).__name__}")
+    return jnp.asarray(carry)
+
+
+def carry_to_flax(cell: Cell, carry):
+    """jrnn's carry as a Flax linen cell's: ``LSTMCarry(h, c)`` becomes ``(c, h)``."""
+    if isinstance(cell, LSTMCell):
+        if not isinstance(carry, LSTMCarry):
+            raise TypeError(f"carry for an LSTMCell must be LSTMCarry(h, c), got {type(carry).__name__}")
+        return (carry.c, carry.h)
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jrnn cell, got {type(cell).__name__}")
+    return carry
