@@ -7,14 +7,11 @@ The loaders need the optional ``data`` extra (statsmodels, vega_datasets, scikit
 and raise an ``ImportError`` naming it when a package is missing. They return NumPy arrays; values
 are float32 by default (``dtype=`` changes it) to match JAX's default precision.
 
-=============  ===============================  ==============================================
-loader         source (file inside the package)  contents
-=============  ===============================  ==============================================
-``sunspots``   ``statsmodels.datasets.sunspots``  yearly mean sunspot numbers, 1700-2008 (309)
-``stock``,     ``vega_datasets`` ``stocks.csv``   monthly closing prices of AAPL, AMZN, GOOG,
-``aapl``                                          IBM and MSFT, 2000-01 to 2010-03
-``digits``     ``sklearn.datasets.load_digits``   1797 handwritten digits, 8x8 pixels
-=============  ===============================  ==============================================
+- ``sunspots``: yearly mean sunspot numbers 1700-2008 (309 values), from
+  ``statsmodels.datasets.sunspots``;
+- ``stock`` / ``aapl``: monthly closing prices of AAPL, AMZN, GOOG, IBM and MSFT from 2000-01
+  to 2010-03, from the ``stocks.csv`` bundled in vega_datasets;
+- ``digits``: scikit-learn's 1797 handwritten 8x8 digits, read row by row as sequences.
 
 :func:`windows` turns a series into train/validation ``(xs, targets)`` pairs for next-value
 prediction, with the validation part strictly later in time than everything used for training.
@@ -169,9 +166,9 @@ def _sliding(part: np.ndarray, window: int, horizon: int) -> tuple[np.ndarray, n
 def windows(series, window: int, *, horizon: int = 1, val_fraction: float = 0.2):
     r"""Cut a series into train and validation windows for next-value prediction.
 
-    With ``s`` of length ``N``, the last ``n_val = round(val_fraction · N)`` values form the validation
-    part and the first ``n_train = N - n_val`` the training part. Each part is windowed on its
-    own: a sample is
+    With ``s`` of length ``N``, the last ``n_val = round(val_fraction · N)`` values form the
+    validation part and the first ``n_train = N - n_val`` the training part. Each part is
+    windowed on its own: a sample is
 
     .. math::
 

@@ -192,7 +192,7 @@ def mse_value_and_grad(preds, targets, seq_lengths=None) -> tuple[jax.Array, jax
 
 
 def _log_softmax(logits: jax.Array) -> jax.Array:
-    r"""``z_k - log Σ_j exp z_j``, computed as ``(z_k - m) - log Σ_j exp(z_j - m)``, ``m = max z``.
+    r"""``z_k - log Σ_j exp z_j``, as ``(z_k - m) - log Σ_j exp(z_j - m)`` with ``m = max z``.
 
     Subtracting the maximum keeps every exponent ``<= 0``; the result does not depend on ``m``,
     so ``m`` is held constant for differentiation.

@@ -14,35 +14,31 @@ Transformations that need the parameters (weight decay, ``adamw``) require
 
 Update rules (``OPTIMIZERS``), with their keyword options and defaults:
 
-============  ==================================================================================
-``sgd``        ``p <- p - η g``
-``momentum``   ``m <- μ m + g``, ``p <- p - η m`` (heavy ball; ``momentum=0.9``,
-               ``nesterov=False``)
-``adagrad``    optax's Adagrad: ``n <- n + g²``, ``p <- p - η g / sqrt(n + ε)``
-               (``initial_accumulator_value=0.1``, ``eps=1e-7``); with ``classic=True``
-               the original form (Duchi et al., 2011), see :func:`classic_adagrad`
-``rmsprop``    ``v <- ρ v + (1 - ρ) g²``, ``p <- p - η g / sqrt(v + ε)``
-               (``decay=0.9``, ``eps=1e-8``, ``centered=False``, ``momentum=None``)
-``adam``       Kingma & Ba (2015) with bias correction (``b1=0.9``, ``b2=0.999``, ``eps=1e-8``)
-``adamw``      Adam with decoupled weight decay ``p <- p - η (adam(g) + λ p)``
-               (Loshchilov & Hutter, 2019); ``weight_decay`` is its ``λ``, and 0 makes it Adam
-============  ==================================================================================
+- ``sgd``: ``p <- p - η g``.
+- ``momentum``: ``m <- μ m + g``, ``p <- p - η m`` (heavy ball); ``momentum=0.9``,
+  ``nesterov=False``.
+- ``adagrad``: optax's Adagrad, ``n <- n + g²``, ``p <- p - η g / sqrt(n + ε)``;
+  ``initial_accumulator_value=0.1``, ``eps=1e-7``. With ``classic=True``, the original form
+  (Duchi et al., 2011) of :func:`classic_adagrad`: ``n`` starts at 0 and
+  ``p <- p - η g / (sqrt(n) + ε)``, ``eps=1e-8``.
+- ``rmsprop``: ``v <- ρ v + (1 - ρ) g²``, ``p <- p - η g / sqrt(v + ε)``; ``decay=0.9``
+  (``ρ``), ``eps=1e-8``, ``centered=False``, ``momentum=None``.
+- ``adam``: Kingma & Ba (2015) with bias correction; ``b1=0.9``, ``b2=0.999``, ``eps=1e-8``.
+- ``adamw``: Adam with decoupled weight decay, ``p <- p - η (adam(g) + λ p)`` (Loshchilov &
+  Hutter, 2019); ``weight_decay`` is its ``λ``, and the default 0 makes it Adam.
 
-Schedules (``SCHEDULES``) of the step size, built from ``learning_rate = η₀`` and keywords:
+Schedules (``SCHEDULES``) of the step size ``η_k`` at step ``k``, built from
+``learning_rate = η₀`` and keywords:
 
-=================  =============================================================================
-``None``,          ``η_k = η₀``
-``"constant"``
-``"cosine"``       ``η_k = η₀ ((1 - α) (1 + cos(π min(k, K)/K)) / 2 + α)``;
-                   ``decay_steps=K`` (required), ``alpha=0.0`` (final fraction of ``η₀``)
-``"exponential"``  ``η_k = η₀ r^(k/K)`` (``r^⌊k/K⌋`` with ``staircase=True``);
-                   ``decay_steps=K`` and ``decay_rate=r`` (required), ``staircase=False``,
-                   ``end_value=None`` (a floor or ceiling on ``η_k``)
-``"warmup_cosine"``  linear from ``init_value=0.0`` to ``η₀`` over ``warmup_steps=W`` steps,
-                   then cosine decay to ``end_value=0.0`` at step ``decay_steps=K``; ``K`` is the
-                   total length and includes the warmup (optax's convention); ``W`` and ``K``
-                   required, ``0 <= W < K``
-=================  =============================================================================
+- ``None`` or ``"constant"``: ``η_k = η₀``.
+- ``"cosine"``: ``η_k = η₀ ((1 - α) (1 + cos(π min(k, K) / K)) / 2 + α)``; ``decay_steps=K``
+  (required), ``alpha=0.0`` (the final fraction of ``η₀``).
+- ``"exponential"``: ``η_k = η₀ r^(k / K)`` (``r^⌊k / K⌋`` with ``staircase=True``);
+  ``decay_steps=K`` and ``decay_rate=r`` (required), ``staircase=False``, ``end_value=None``
+  (a floor, or a ceiling when ``r > 1``).
+- ``"warmup_cosine"``: linear from ``init_value=0.0`` to ``η₀`` over ``warmup_steps=W`` steps,
+  then cosine decay to ``end_value=0.0`` at step ``decay_steps=K``. ``K`` is the total length,
+  warmup included (optax's convention); ``W`` and ``K`` are required, ``0 <= W < K``.
 
 A callable ``schedule`` (step -> step size, any optax schedule) is used as it is; pass
 ``learning_rate=None`` with it, since the schedule alone sets the step size.

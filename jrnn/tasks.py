@@ -9,15 +9,14 @@ each task is also compiled internally, once per combination of sizes.
 Each task documents the loss of the best input-blind predictor, the "chance" baseline that a
 model must beat to show it has learned anything:
 
-=====================  ==================  =================================  ==================
-task                   xs                  targets                            baseline
-=====================  ==================  =================================  ==================
-``sine``               ``(B, T, 1)``       ``(B, T, 1)`` next value           ``SINE_BASELINE_MSE``
-``timing``             ``(B, T, 2)``       ``(B, T, 1)`` 0 or 0.5             ``timing_baseline_mse``
-``adding``             ``(B, T, 2)``       ``(B, 1)`` sum of marked values    ``ADDING_BASELINE_MSE``
-``copy_memory``        ``(B, T, K + 2)``   ``(B, T)`` int labels, every step  ``copy_memory_baseline``
-``temporal_order``     ``(B, T, 8)``       ``(B,)`` int labels, last step     ``TEMPORAL_ORDER_BASELINE_CE``
-=====================  ==================  =================================  ==================
+- ``sine``: ``xs (B, T, 1)``, ``targets (B, T, 1)`` the next value; :data:`SINE_BASELINE_MSE`.
+- ``timing``: ``xs (B, T, 2)``, ``targets (B, T, 1)`` in {0, 0.5}; :func:`timing_baseline_mse`.
+- ``adding``: ``xs (B, T, 2)``, ``targets (B, 1)`` the sum of the two marked values;
+  :data:`ADDING_BASELINE_MSE`.
+- ``copy_memory``: ``xs (B, T, K + 2)`` one-hot, ``targets (B, T)`` int labels at every step;
+  :func:`copy_memory_baseline`.
+- ``temporal_order``: ``xs (B, T, 8)`` one-hot, ``labels (B,)`` int, scored at the last step;
+  :data:`TEMPORAL_ORDER_BASELINE_CE`.
 
 Targets of shape ``(B, T, ·)`` / ``(B, T)`` are scored at every step and ``(B, ·)`` / ``(B,)`` at
 the last step, which is what :mod:`jrnn.losses` expects.
@@ -105,7 +104,7 @@ SINE_PERIOD = 6.0
 """Period of :func:`sine_curve` in time units (``sin(πt/3)`` has period 6, ``sin(πt/1.5)`` 3)."""
 
 SINE_NOISE_FLOOR_MSE = SINE_NOISE**2 / 3
-"""Variance of the noise, ``noise² / 3 ≈ 8.3e-4``: the lowest MSE any next-step predictor reaches."""
+"""The noise variance ``noise² / 3 ≈ 8.3e-4``: the lowest MSE a next-step predictor can reach."""
 
 SINE_BASELINE_MSE = 1.5 + SINE_NOISE_FLOOR_MSE
 """MSE of predicting the series mean 0: ``E[sine_curve(t)²] + noise²/3 = 3/2 + noise²/3``."""
@@ -386,9 +385,9 @@ def temporal_order(key, batch_size: int, seq_len: int = 100) -> tuple[jax.Array,
 
     A sequence starts with ``B`` and ends with ``E``; every other step holds a distractor drawn
     uniformly from ``a, b, c, d``, except two steps ``t1 ∈ [⌊T/10⌋, ⌊T/5⌋]`` and
-    ``t2 ∈ [⌊T/2⌋, ⌊6T/10⌋]`` (``[10, 20]`` and ``[50, 60]`` for ``T = 100``, as in the paper)
-    holding ``X`` or ``Y``. The class, to be given at the last step, is the order of the two:
-    ``XX -> 0``, ``XY -> 1``, ``YX -> 2``, ``YY -> 3``.
+    ``t2 ∈ [⌊T/2⌋, ⌊6T/10⌋]`` (``[10, 20]`` and ``[50, 60]`` for ``T = 100``, as in the
+    paper) holding ``X`` or ``Y``. The class, to be given at the last step, is the order of
+    the two: ``XX -> 0``, ``XY -> 1``, ``YX -> 2``, ``YY -> 3``.
 
     Baseline: :data:`TEMPORAL_ORDER_BASELINE_CE` ``= ln 4`` and
     :data:`TEMPORAL_ORDER_BASELINE_ACCURACY` ``= 1/4``.
