@@ -9,13 +9,16 @@
                        rngs=nnx.Rngs(0, dropout=1))
     ys, carries = rnn(xs)                         # xs (B, T, 8) -> ys (B, T, 64)
     rnn.eval(); rnn.train()                       # dropout off / on, as for nnx.Dropout
+
+    # inside any NNX model, trained the NNX way:
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-    optimizer.update(model, grads)                # grads from nnx.grad(loss_fn)(model, ...)
+    loss, grads = nnx.value_and_grad(loss_fn)(model, xs, targets)
+    optimizer.update(model, grads)
 
 The parameters are ``nnx.Param`` leaves in the very structure of ``jrnn.NetworkParams``: the
 attribute ``layers`` mirrors ``NetworkParams.layers`` (cell params NamedTuples, ``(fwd, bwd)``
 tuples when bidirectional) and ``readout`` mirrors ``NetworkParams.readout``, so ``nnx.state``
-paths read ``layers/0/0/w_x``, ``readout/w``. ``rnn.params`` (or ``rnn.network_params()``) gives
+paths read ``layers/0/w_x`` (``layers/0/1/w_x``: layer 0's backward direction), ``readout/w``. ``rnn.params`` (or ``rnn.network_params()``) gives
 the plain ``NetworkParams``, ``RNN.from_params(model, params)`` wraps existing ones, and
 ``rnn.spec`` is the ``jrnn.RNN`` that computes the forward pass.
 """
@@ -28,7 +31,7 @@ from flax import nnx
 
 from jrnn.cells import Cell
 from jrnn.network import RNN as _RNNSpec
-from jrnn.network import NetworkParams, Readout
+from jrnn.network import NetworkParams
 
 Array = jax.Array
 
