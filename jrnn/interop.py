@@ -497,8 +497,8 @@ def _check_flax_tree(tree: Mapping, kind: str) -> None:
     layout = _FLAX_KEYS[kind]
     if set(tree) != set(layout):
         raise ValueError(f"cell_params for kind={kind!r} must have keys {sorted(layout)}, got {sorted(tree)}")
-    H = None
-    for name, leaves in layout.items():
+    H = D = None
+    for name, leaves in layout.items():  # input Dense names start with "i", recurrent ones with "h"
         sub = tree[name]
         if not isinstance(sub, Mapping) or set(sub) != set(leaves):
             got = sorted(sub) if isinstance(sub, Mapping) else type(sub).__name__
@@ -507,8 +507,11 @@ def _check_flax_tree(tree: Mapping, kind: str) -> None:
         if len(k) != 2:
             raise ValueError(f"cell_params[{name!r}]['kernel'] must be 2-D (in, out), got shape {k}")
         H = k[1] if H is None else H
-        if k[1] != H or (name.startswith("h") and k[0] != H):
-            raise ValueError(f"cell_params[{name!r}]['kernel'] must be ({'H' if name.startswith('h') else 'D'}, {H}), got {k}")
+        if name.startswith("i"):
+            D = k[0] if D is None else D
+        expected = (H if name.startswith("h") else D, H)
+        if k != expected:
+            raise ValueError(f"cell_params[{name!r}]['kernel'] must be {expected} like the other gates, got {k}")
         if "bias" in leaves and jnp.shape(sub["bias"]) != (H,):
             raise ValueError(f"cell_params[{name!r}]['bias'] must be ({H},), got {jnp.shape(sub['bias'])}")
 
@@ -541,30 +544,32 @@ def from_flax(cell_params, kind=None, *, activation: str | None = None) -> tuple
       ``carry_from_flax`` / ``carry_to_flax``.
     """
     tree = _unwrap_flax(cell_params)
+    features = getattr(kind, "features", None) if not isinstance(kind, (str, type)) else None
     kind, activation = _flax_kind_from(kind, activation)
     if kind is None:
         kind = _infer_flax_kind(tree)
     _check_flax_tree(tree, kind)
+    H = jnp.shape(tree["h" if kind == "simple" else "hr" if kind == "gru" else "hi"]["kernel"])[1]
+    if features is not None and features != H:
+        raise ValueError(f"kind.features must match the parameters' hidden size {H}, got features={features}")
     k = lambda name: jnp.asarray(tree[name]["kernel"])  # noqa: E731
     b = lambda name: jnp.asarray(tree[name]["bias"])  # noqa: E731
     if kind == "simple":
         activation = "tanh" if activation is None else activation
-        w_x = k("i")
-        cell = VanillaCell(w_x.shape[1], activation=activation)
-        return cell, VanillaParams(w_x, k("h"), b("i"))
+        return VanillaCell(H, activation=activation), VanillaParams(k("i"), k("h"), b("i"))
     if activation is not None:
         raise ValueError(f"activation applies to SimpleCell only, got activation={activation!r} for kind={kind!r}")
     if kind == "lstm":
         w_x = jnp.concatenate([k(f"i{g}") for g in "ifgo"], axis=1)  # (D, 4H)
         w_h = jnp.concatenate([k(f"h{g}") for g in "ifgo"], axis=1)  # (H, 4H)
         bias = jnp.concatenate([b(f"h{g}") for g in "ifgo"])  # (4H,)
-        return LSTMCell(w_h.shape[0]), LSTMParams(w_x, w_h, bias)
+        return LSTMCell(H), LSTMParams(w_x, w_h, bias)
     w_x = jnp.concatenate([k(f"i{g}") for g in "rzn"], axis=1)  # (D, 3H)
     w_h = jnp.concatenate([k(f"h{g}") for g in "rzn"], axis=1)  # (H, 3H)
     b_x = jnp.concatenate([b(f"i{g}") for g in "rzn"])
     b_hn = b("hn")
-    b_h = jnp.concatenate([jnp.zeros((2 * b_hn.shape[0],), b_hn.dtype), b_hn])
-    return GRUCell(w_h.shape[0]), GRUParams(w_x, w_h, b_x, b_h)
+    b_h = jnp.concatenate([jnp.zeros((2 * H,), b_hn.dtype), b_hn])  # Flax has no b_hr, b_hz
+    return GRUCell(H), GRUParams(w_x, w_h, b_x, b_h)
 
 
 def to_flax(cell: Cell, params, *, optimized: bool = False):

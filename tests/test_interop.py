@@ -178,6 +178,12 @@ def test_errors():
     bad_shape["params"]["hi"]["bias"] = jnp.zeros(H + 1)
     with pytest.raises(ValueError, match=r"cell_params\['hi'\]\['bias'\] must be \(5,\)"):
         interop.from_flax(bad_shape)
+    bad_shape = jax.tree_util.tree_map(lambda a: a, variables)
+    bad_shape["params"]["io"]["kernel"] = jnp.zeros((D + 1, H))
+    with pytest.raises(ValueError, match=r"cell_params\['io'\]\['kernel'\] must be \(4, 5\) like the other gates"):
+        interop.from_flax(bad_shape)
+    with pytest.raises(ValueError, match="kind.features must match the parameters' hidden size 5"):
+        interop.from_flax(variables, kind=nn.LSTMCell(H + 1))
 
     cell = jrnn.VanillaCell(H, activation="linear")
     with pytest.raises(ValueError, match="cell.activation must be 'tanh', 'relu' or 'sigmoid'"):
