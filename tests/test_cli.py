@@ -1,0 +1,105 @@
+"""The ``jrnn`` command: the subcommand table, --help, and smoke runs of demo and train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jrnn import cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _json_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_command_table_pairs_configure_and_run():
+    assert set(cli.COMMANDS) >= {"demo", "train"}
+    for name, (configure, run) in cli.COMMANDS.items():
+        assert callable(configure) and callable(run), name
+        assert configure.__doc__, f"{name}: configure's docstring is the subcommand's help"
+
+
+def test_every_flag_is_documented():
+    subparsers = _subparsers(cli.build_parser())
+    train = subparsers["train"]
+    flags = {s for a in train._actions for s in a.option_strings}
+    for flag in ("--task", "--cell", "--activation", "--layers", "--hidden", "--optimizer", "--lr", "--clip",
+                 "--steps", "--batch-size", "--seq-len", "--truncation", "--backward", "--checkpoint-dir",
+                 "--seed", "--out"):
+        assert flag in flags
+    for action in train._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+    visible = [a for a in subparsers["demo"]._actions if a.help != argparse.SUPPRESS]
+    assert {s for a in visible for s in a.option_strings} == {"-h", "--help", "--out", "--no-progress"}
+    help_text = train.format_help()
+    for task in cli.TASKS:
+        assert task in help_text
+
+
+def test_help_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "jrnn.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "train" in out.stdout
+
+
+def test_demo_smoke(tmp_path, capsys):
+    out = tmp_path / "demo"
+    status = cli.main(["demo", "--out", str(out), "--steps", "6", "--hidden", "4", "--series-length", "200",
+                       "--batch-size", "16", "--no-progress"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "train MSE" in printed and "validation MSE" in printed and "variance of the series" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["config"]["layers"] == 3
+    for name in ("train_mse", "val_mse", "series_variance", "repeat_last_value_mse", "wall_time_s"):
+        assert isinstance(metrics[name], float)
+    for png in ("loss_curve.png", "predictions.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert [r["step"] for r in _json_lines(out / "log.jsonl") if "loss" in r] == list(range(1, 7))
+
+
+def test_train_smoke_with_truncation(tmp_path, capsys):
+    out = tmp_path / "train"
+    args = ["train", "--task", "adding", "--cell", "gru", "--hidden", "4", "--steps", "4", "--batch-size", "4",
+            "--seq-len", "6", "--truncation", "4", "--eval-every", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    assert "validation MSE" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "adding" and metrics["steps"] == 4 and metrics["config"]["truncation"] == 4
+    assert "best_constant_mse" in metrics["baselines"]
+    lines = _json_lines(out / "log.jsonl")
+    assert [r["step"] for r in lines if "eval_loss" in r] == [2, 4]
+    # two chunks (6 = 4 + 2), but the last-step target is scored only in the second one
+    assert all(r["num_updates"] == 1 for r in lines if "loss" in r)
+    assert (out / "loss_curve.png").read_bytes()[:8] == PNG
+
+
+def test_train_classification_resumes_from_its_checkpoint(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    out, ckpt = tmp_path / "digits", tmp_path / "ckpt"
+    base = ["train", "--task", "digits", "--cell", "vanilla", "--activation", "relu", "--hidden", "8",
+            "--batch-size", "32", "--optimizer", "sgd", "--lr", "0.1", "--checkpoint-dir", str(ckpt),
+            "--checkpoint-every", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(base + ["--steps", "3"]) == 0
+    assert cli.main(base + ["--steps", "5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 5 and 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert [r["step"] for r in _json_lines(out / "log.jsonl") if "loss" in r] == [1, 2, 3, 4, 5]
+    assert "validation accuracy" in capsys.readouterr().out
+
+
+def test_train_rejects_activation_for_gated_cells(tmp_path):
+    with pytest.raises(SystemExit, match="--activation"):
+        cli.main(["train", "--cell", "lstm", "--activation", "relu", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--task", "unknown"])
