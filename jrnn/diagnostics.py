@@ -85,7 +85,9 @@ def _check_part(part: Any, cell: Cell) -> str:
     if not isinstance(part, str) or part not in PARTS:
         raise ValueError(f"part must be one of {list(PARTS)}, got {part!r}")
     if part == "c" and not isinstance(cell, LSTMCell):
-        raise ValueError(f"part='c' needs an LSTMCell (the only cell with a memory c), got {type(cell).__name__}")
+        raise ValueError(
+            f"part='c' needs an LSTMCell (the only cell with a memory c), got {type(cell).__name__}"
+        )
     return part
 
 
@@ -209,7 +211,9 @@ def hidden_grads(model: RNN, params, xs, targets, *, loss: str = "mse", seq_leng
     return value, grads
 
 
-def hidden_grad_norms(model: RNN, params, xs, targets, *, loss: str = "mse", seq_lengths=None, part: str = "h"):
+def hidden_grad_norms(
+    model: RNN, params, xs, targets, *, loss: str = "mse", seq_lengths=None, part: str = "h"
+):
     """``‖dL/dh_t‖`` for every layer and step: the norm over batch and features of the total
     derivative of the loss with respect to layer l's hidden state after step t.
 
@@ -302,6 +306,10 @@ def jacobian_norms(cell: Cell, params, xs, carry=None, *, part: str = "carry"):
     other part of ``s_t`` held fixed. Products of many Jacobians can over- or underflow: prefer
     float64 for long sequences.
 
+    Index ``t`` counts the steps taken before ``s_t``: ``s_{t+1}`` is the state after reading
+    ``xs[t]``, so ``jacobian_norms(...)[t + 1]`` concerns the state whose loss gradient is
+    ``hidden_grad_norms(...)[..., t]`` (and entry 0 the initial carry).
+
     Args:
       cell, params: a cell and its params.
       xs: ``(T, D)``, or ``(B, T, D)`` batch-major.
@@ -313,9 +321,8 @@ def jacobian_norms(cell: Cell, params, xs, carry=None, *, part: str = "carry"):
     check_cell(cell)
     part = _check_part(part, cell)
     batched, xs, carry = _prepare_single(cell, params, xs, carry, "xs")
-    if batched:
-        return jax.vmap(_jacobian_norms_single, (None, None, 0, 0, None))(cell, params, xs, carry, part)
-    return _jacobian_norms_single(cell, params, xs, carry, part)
+    run = jax.vmap(_jacobian_norms_single, (None, None, 0, 0, None)) if batched else _jacobian_norms_single
+    return run(cell, params, xs, carry, part)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,9 +427,9 @@ def lyapunov_exponents(cell: Cell, params, xs, k: int, carry=None, *, key=None, 
         raise ValueError(f"burn_in must be an int in [0, T) = [0, {T}), got {burn_in!r}")
     key = jax.random.PRNGKey(0) if key is None else key
     q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, int(k)), xs.dtype))
-    if batched:
-        return jax.vmap(_lyapunov_single, (None, None, 0, 0, None, None))(cell, params, xs, carry, q0, int(burn_in))
-    return _lyapunov_single(cell, params, xs, carry, q0, int(burn_in))
+    in_axes = (None, None, 0, 0, None, None)
+    run = jax.vmap(_lyapunov_single, in_axes) if batched else _lyapunov_single
+    return run(cell, params, xs, carry, q0, int(burn_in))
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,7 +522,10 @@ def gradient_recorder(clip_norm: float | None = None, *, history: int = 1000, sp
     """
     if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
         raise ValueError(f"history must be a positive int, got {history!r}")
-    if clip_norm is not None and (isinstance(clip_norm, bool) or not np.isfinite(clip_norm) or clip_norm <= 0):
+    if clip_norm is not None and (
+        isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.floating, np.integer))
+        or not np.isfinite(clip_norm) or clip_norm <= 0
+    ):
         raise ValueError(f"clip_norm must be None or a finite number > 0, got {clip_norm!r}")
     N = int(history)
 

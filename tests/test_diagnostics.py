@@ -245,7 +245,7 @@ CASES = [
 
 @pytest.mark.parametrize("kind,num_layers,bidirectional,readout,loss,every_step,with_lengths", CASES)
 def test_hidden_grads_match_loop_autodiff(kind, num_layers, bidirectional, readout, loss, every_step, with_lengths):
-    B, T, D, H = 3, 6, 3, 4
+    B, T, D, H = 3, 5, 2, 3
     O = 3 if readout else H * (2 if bidirectional else 1)
     model = jrnn.RNN(make(kind, H), num_layers=num_layers, bidirectional=bidirectional,
                      output_size=O if readout else None)
@@ -257,7 +257,7 @@ def test_hidden_grads_match_loop_autodiff(kind, num_layers, bidirectional, reado
 
     value, grads = dg.hidden_grads(model, params, xs, targets, loss=loss, seq_lengths=lengths)
     want_value, want = loop_hidden_grads(model, params, xs, targets, loss, lengths)
-    ys, _ = model.apply(params, xs, seq_lengths=lengths)
+    ys, _ = jax.jit(lambda p, x, n: model.apply(p, x, seq_lengths=n))(params, xs, lengths)
     np.testing.assert_allclose(value, get_loss(loss).loss(ys, targets, lengths), rtol=1e-12)
     np.testing.assert_allclose(value, want_value, rtol=1e-12)
 
@@ -455,6 +455,31 @@ def test_recorder_before_make_optimizer_partial_history():
     assert dg.recorder_labels(params) == ["w_h:r", "w_h:z", "w_h:n"]
     want = [np.abs(np.linalg.eigvals(np.asarray(params.w_h)[:, 3 * k : 3 * k + 3])).max() for k in range(3)]
     np.testing.assert_allclose(rec.spectral_radius, np.stack([want] * 3), rtol=1e-10)
+
+
+def test_recorder_with_train_step():
+    """Inside ``jrnn.train.make_train_step``: the recorder's log matches the step's own metrics."""
+    train = pytest.importorskip("jrnn.train")
+    model = jrnn.RNN(jrnn.VanillaCell(4), num_layers=1, output_size=1)
+    key = jax.random.PRNGKey(0)
+    params = randomize(model.init(key, 2, jnp.float64), key, 0.8)
+    clip = 3.0
+    tx = optax.chain(dg.gradient_recorder(clip, history=8), jrnn.optim.make_optimizer("sgd", 0.5, clip_norm=clip))
+    step = train.make_train_step(model, tx, clip_norm=clip)
+    opt_state = tx.init(params)
+    norms, fired, radii = [], [], []
+    for k in range(5):
+        xs = random_xs((3, 6, 2), seed=10 + k)
+        targets = (0.1 + 2.0 * (k % 2)) * random_xs((3, 6, 1), seed=20 + k)
+        radii.append(radii_numpy(params))
+        params, opt_state, metrics = step(params, opt_state, xs, targets)
+        norms.append(float(metrics["grad_norm"]))
+        fired.append(float(metrics["grad_norm"]) >= clip)
+    assert any(fired) and not all(fired), norms
+    rec = dg.recorded(opt_state)
+    np.testing.assert_allclose(rec.grad_norm, norms, rtol=1e-12)
+    np.testing.assert_array_equal(rec.clipped, fired)
+    np.testing.assert_allclose(rec.spectral_radius, np.stack(radii), rtol=1e-10)
 
 
 def test_recorder_without_params():
