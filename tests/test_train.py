@@ -242,8 +242,8 @@ def test_fit_learns_the_sine_task():
 
 def test_minibatch_order_is_a_function_of_key_and_step():
     xs, targets, _ = batch(n=10)
-    a = Minibatches((xs, targets), 3, jax.random.PRNGKey(5), loss="mse", input_size=D)
-    b = Minibatches((xs, targets), 3, jax.random.PRNGKey(5), loss="mse", input_size=D)
+    a = Minibatches((xs, targets), 3, jax.random.PRNGKey(5), loss="mse", input_size=D, output_size=O)
+    b = Minibatches((xs, targets), 3, jax.random.PRNGKey(5), loss="mse", input_size=D, output_size=O)
     order_a = [a.indices(s) for s in range(7)]
     order_b = [b.indices(s) for s in reversed(range(7))][::-1]  # asked in another order
     for x, y in zip(order_a, order_b):
@@ -252,7 +252,7 @@ def test_minibatch_order_is_a_function_of_key_and_step():
         seen = np.concatenate(order_a[3 * epoch:3 * epoch + 3])
         assert len(set(seen.tolist())) == 9
     assert not np.array_equal(np.concatenate(order_a[:3]), np.concatenate(order_a[3:6]))
-    c = Minibatches((xs, targets), 3, jax.random.PRNGKey(6), loss="mse", input_size=D)
+    c = Minibatches((xs, targets), 3, jax.random.PRNGKey(6), loss="mse", input_size=D, output_size=O)
     assert any(not np.array_equal(c.indices(s), order_a[s]) for s in range(3))
 
 

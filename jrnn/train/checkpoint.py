@@ -40,7 +40,9 @@ class Checkpointer:
     """Save and restore ``fit``'s state in ``directory`` (keeping the ``max_to_keep`` latest)."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
-        self.directory = os.path.abspath(os.fspath(directory))
+        directory = os.fspath(directory)
+        # a local path is made absolute (orbax requires it); a URL such as gs://... is kept
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

@@ -36,9 +36,9 @@ def _shape(a) -> tuple | None:
     return None if shape is None else tuple(shape)
 
 
-def check_batch_tuple(batch: Any, loss: str, input_size: int, argument: str = "data") -> tuple:
-    """Validate ``(xs, targets[, seq_lengths])``; return it as host NumPy arrays (3 entries,
-    ``seq_lengths`` possibly None)."""
+def check_batch_tuple(batch: Any, loss: str, input_size: int, output_size: int, argument: str = "data") -> tuple:
+    """Validate ``(xs, targets[, seq_lengths])`` for a model with ``input_size`` features in and
+    ``output_size`` out; return it as host NumPy arrays (3 entries, ``seq_lengths`` possibly None)."""
     if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
         raise TypeError(f"{argument} must be a tuple (xs, targets[, seq_lengths]), got {got}")
@@ -56,11 +56,10 @@ def check_batch_tuple(batch: Any, loss: str, input_size: int, argument: str = "d
     xs = np.asarray(xs)
     if not np.issubdtype(xs.dtype, np.floating):
         raise TypeError(f"{argument}: xs must be floating point, got dtype {xs.dtype}")
-    t_shape = _shape(targets)
-    if t_shape is None:
+    if _shape(targets) is None:
         raise TypeError(f"{argument}: targets must be an array, got {type(targets).__name__}")
-    every_step_targets(loss, xs_shape, t_shape, argument=f"{argument}: targets")
     targets = np.asarray(targets)
+    every_step_targets(loss, xs_shape, targets, output_size, argument=f"{argument}: targets")
     if seq_lengths is not None:
         l_shape = _shape(seq_lengths)
         if l_shape != xs_shape[:1]:
@@ -73,16 +72,26 @@ def check_batch_tuple(batch: Any, loss: str, input_size: int, argument: str = "d
                 f"{argument}: seq_lengths must lie in [0, {xs_shape[1]}], "
                 f"got values in [{seq_lengths.min()}, {seq_lengths.max()}]"
             )
+    if loss == "cross_entropy" and targets.size:
+        # labels at unscored (padded) steps may hold anything, so the lower bound is only
+        # checked when every step is scored
+        low = 0 if seq_lengths is None else -np.inf
+        if targets.max() >= output_size or targets.min() < low:
+            raise ValueError(
+                f"{argument}: labels must be class indices in [0, {output_size}) (the model's "
+                f"out_size), got values in [{targets.min()}, {targets.max()}]"
+            )
     return xs, targets, seq_lengths
 
 
 class Minibatches:
     """``batch(step) -> (xs, targets, seq_lengths)``: the minibatch of ``step`` (module docstring)."""
 
-    def __init__(self, data: Any, batch_size: int | None, key, *, loss: str, input_size: int):
+    def __init__(self, data: Any, batch_size: int | None, key, *, loss: str, input_size: int, output_size: int):
         self.key = key
         self.loss = loss
         self.input_size = input_size
+        self.output_size = output_size
         if callable(data) and not isinstance(data, (tuple, list)):
             if batch_size is not None:
                 raise ValueError(
@@ -92,7 +101,7 @@ class Minibatches:
             self.arrays = None
             return
         self._call = None
-        self.arrays = check_batch_tuple(data, loss, input_size)
+        self.arrays = check_batch_tuple(data, loss, input_size, output_size)
         n = self.arrays[0].shape[0]
         if batch_size is not None:
             if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
@@ -127,7 +136,9 @@ class Minibatches:
     def batch(self, step: int) -> tuple:
         if self._call is not None:
             batch = self._call(jax.random.fold_in(self.key, step))
-            return check_batch_tuple(batch, self.loss, self.input_size, argument=f"data(key) at step {step}")
+            return check_batch_tuple(
+                batch, self.loss, self.input_size, self.output_size, argument=f"data(key) at step {step}"
+            )
         idx = self.indices(step)
         if idx is None:
             return self.arrays

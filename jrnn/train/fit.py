@@ -237,7 +237,7 @@ def fit(
     lead = jax.process_index() == 0
 
     # Validate the data before any compilation or checkpoint I/O.
-    Minibatches(data, batch_size, key, loss=loss, input_size=input_size)
+    Minibatches(data, batch_size, key, loss=loss, input_size=input_size, output_size=model.out_size)
     if isinstance(data, (tuple, list)):
         rows = batch_size if batch_size is not None else np.shape(data[0])[0]
         if rows % parallel.size:
@@ -247,7 +247,7 @@ def fit(
             )
     evaluation = None
     if eval_data is not None:
-        evaluation = parallel.put(check_batch_tuple(eval_data, loss, input_size, argument="eval_data"))
+        evaluation = parallel.put(check_batch_tuple(eval_data, loss, input_size, model.out_size, argument="eval_data"))
 
     params = parallel.replicate(params)
     opt_state = parallel.replicate(optimizer.init(params))
@@ -268,7 +268,8 @@ def fit(
             if start > steps:
                 warnings.warn(f"fit: the checkpoint is at step {start}, past steps={steps}; nothing to do", stacklevel=2)
         k_data, k_dropout = jax.random.split(key)
-        batches = Minibatches(data, batch_size, k_data, loss=loss, input_size=input_size)
+        batches = Minibatches(data, batch_size, k_data, loss=loss, input_size=input_size,
+                              output_size=model.out_size)
 
         train_step, evaluate = _compile(model, optimizer, loss, backward, clip_norm, truncation)
 

@@ -126,22 +126,30 @@ def check_truncation(truncation: Any, model: RNN) -> int | None:
     return int(truncation)
 
 
-def every_step_targets(loss: str, xs_shape, targets_shape, argument: str = "targets") -> bool:
-    """True for every-step targets, False for last-step ones; ValueError for any other shape."""
+def every_step_targets(loss: str, xs_shape, targets, output_size: int, argument: str = "targets") -> bool:
+    """True for every-step targets, False for last-step ones; ValueError / TypeError otherwise.
+
+    ``mse`` takes ``(B, T, O)`` or ``(B, O)`` with ``O = output_size``; ``cross_entropy`` takes
+    integer labels ``(B, T)`` or ``(B,)``.
+    """
     B, T = xs_shape[:2]
-    rank = TARGET_RANKS[loss]
-    kind = "labels" if loss == "cross_entropy" else "targets"
-    every = "(B, T)" if loss == "cross_entropy" else "(B, T, O)"
-    last = "(B,)" if loss == "cross_entropy" else "(B, O)"
-    shape = tuple(targets_shape)
-    if len(shape) == rank and shape[:2] == (B, T):
-        return True
-    if len(shape) == rank - 1 and shape[:1] == (B,):
-        return False
-    raise ValueError(
-        f"{argument} for loss={loss!r} must be {kind} {every} = {(B, T)}+ (every step) or "
-        f"{last} = ({B},)+ (last step) for xs of shape {tuple(xs_shape)}, got shape {shape}"
-    )
+    shape = tuple(jnp.shape(targets))
+    if loss == "cross_entropy":
+        every, last = (B, T), (B,)
+        names = ("labels (B, T)", "labels (B,)")
+    else:
+        every, last = (B, T, output_size), (B, output_size)
+        names = ("(B, T, O)", "(B, O)")
+    if shape not in (every, last):
+        raise ValueError(
+            f"{argument} for loss={loss!r} must be {names[0]} = {every} (every step) or {names[1]} = "
+            f"{last} (last step) for xs of shape {tuple(xs_shape)} and a model with out_size "
+            f"{output_size}; got shape {shape}"
+        )
+    dtype = getattr(targets, "dtype", None)
+    if loss == "cross_entropy" and not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{argument} for loss='cross_entropy' must be integer class labels, got dtype {dtype}")
+    return shape == every
 
 
 def check_batch(model: RNN, params, xs, targets, seq_lengths, loss: str):
@@ -156,7 +164,7 @@ def check_batch(model: RNN, params, xs, targets, seq_lengths, loss: str):
         raise ValueError(f"xs must have input_size {input_size} in its last axis, got shape {tuple(shape)}")
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
-    every = every_step_targets(loss, shape, jnp.shape(targets))
+    every = every_step_targets(loss, shape, targets, model.out_size)
     return every, check_seq_lengths(seq_lengths, shape[0], shape[1])
 
 
