@@ -20,6 +20,10 @@ from jrnn.cells import (
 from jrnn.network import RNN, NetworkParams, Readout
 from jrnn.unroll import unroll
 
+# Submodules, so that ``import jrnn`` is enough for ``jrnn.optim.make_optimizer`` and friends.
+# Optional peers (torch, statsmodels, ...) are imported only when a function needs them.
+from jrnn import datasets, diagnostics, interop, losses, nnx, optim, tasks, train  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [

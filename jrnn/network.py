@@ -17,6 +17,7 @@ means no dropout. The readout is per step, and outputs at padded steps are zero,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -211,52 +212,65 @@ class RNN:
         input_size = self.check_params(params)
         ndim = check_sequence(xs, input_size, time_major=time_major)
         batched = ndim == 3
-        if not batched:
-            xs = xs[:, None, :]
-        elif not time_major:
-            xs = jnp.swapaxes(xs, 0, 1)  # (T, B, D)
-        T, B = xs.shape[:2]
+        B = (xs.shape[1] if time_major else xs.shape[0]) if batched else 1
+        T = xs.shape[0 if (time_major or not batched) else 1]
         lengths = check_seq_lengths(seq_lengths, B if batched else None, T)
         first = params.layers[0][0] if self.bidirectional else params.layers[0]
         dtype = compute_dtype(xs, first)
-        batch_shape = (B,) if batched else ()
-        if carries is None:
-            carries = self.initial_carries((B,), dtype)
-        else:
-            carries = self.check_carries(carries, batch_shape, dtype)
-            if not batched:
-                carries = jax.tree_util.tree_map(lambda a: a[None], carries)
-        if dropout_key is not None and self.dropout > 0.0:
-            keys = jax.random.split(dropout_key, self.num_layers)
-
-        run = lambda p, h, c, rev: scan_layer(  # noqa: E731
-            self.cell, p, h, c, lengths, reverse=rev, unroll=unroll, remat=remat, backward=backward
+        if carries is not None:
+            carries = self.check_carries(carries, (B,) if batched else (), dtype)
+        if dropout_key is None or self.dropout == 0.0:
+            dropout_key = None
+        return _forward(
+            self, params, xs, carries, lengths, dropout_key,
+            batched=batched, time_major=time_major, unroll=unroll, remat=remat, backward=backward,
         )
-        h = xs
-        new_carries = []
-        for layer, p in enumerate(params.layers):
-            if self.bidirectional:
-                c_f, y_f = run(p[0], h, carries[layer][0], False)
-                c_b, y_b = run(p[1], h, carries[layer][1], True)
-                h = jnp.concatenate([y_f, y_b], axis=-1)  # (T, B, 2H)
-                new_carries.append((c_f, c_b))
-            else:
-                c, h = run(p, h, carries[layer], False)
-                new_carries.append(c)
-            if layer < self.num_layers - 1 and dropout_key is not None and self.dropout > 0.0:
-                keep = 1.0 - self.dropout
-                mask = jax.random.bernoulli(keys[layer], keep, (B, h.shape[-1]))  # one mask per sequence
-                h = h * (mask.astype(h.dtype) / keep)[None]
 
-        ys = h
-        if params.readout is not None:
-            ys = ys @ params.readout.w + params.readout.b  # (T, B, O)
-            if lengths is not None:
-                ys = jnp.where(step_mask(lengths, T)[..., None], ys, jnp.zeros_like(ys))
 
-        carries_out = tuple(new_carries)
-        if not batched:
-            return ys[:, 0], jax.tree_util.tree_map(lambda a: a[0], carries_out)
-        if not time_major:
-            ys = jnp.swapaxes(ys, 0, 1)
-        return ys, carries_out
+@functools.partial(jax.jit, static_argnames=("model", "batched", "time_major", "unroll", "remat", "backward"))
+def _forward(model, params, xs, carries, lengths, dropout_key, *, batched, time_major, unroll, remat, backward):
+    """``RNN.apply`` after validation, compiled once per spec and shape (also when called eagerly)."""
+    if not batched:
+        xs = xs[:, None, :]
+        if carries is not None:
+            carries = jax.tree_util.tree_map(lambda a: a[None], carries)
+    elif not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # (T, B, D)
+    T, B = xs.shape[:2]
+    if carries is None:
+        first = params.layers[0][0] if model.bidirectional else params.layers[0]
+        carries = model.initial_carries((B,), compute_dtype(xs, first))
+    if dropout_key is not None:
+        keys = jax.random.split(dropout_key, model.num_layers)
+
+    def run(p, h, c, rev):
+        return scan_layer(model.cell, p, h, c, lengths, reverse=rev, unroll=unroll, remat=remat, backward=backward)
+
+    h = xs
+    new_carries = []
+    for layer, p in enumerate(params.layers):
+        if model.bidirectional:
+            c_f, y_f = run(p[0], h, carries[layer][0], False)
+            c_b, y_b = run(p[1], h, carries[layer][1], True)
+            h = jnp.concatenate([y_f, y_b], axis=-1)  # (T, B, 2H)
+            new_carries.append((c_f, c_b))
+        else:
+            c, h = run(p, h, carries[layer], False)
+            new_carries.append(c)
+        if layer < model.num_layers - 1 and dropout_key is not None:
+            keep = 1.0 - model.dropout
+            mask = jax.random.bernoulli(keys[layer], keep, (B, h.shape[-1]))  # one mask per sequence
+            h = h * (mask.astype(h.dtype) / keep)[None]
+
+    ys = h
+    if params.readout is not None:
+        ys = ys @ params.readout.w + params.readout.b  # (T, B, O)
+        if lengths is not None:
+            ys = jnp.where(step_mask(lengths, T)[..., None], ys, jnp.zeros_like(ys))
+
+    carries_out = tuple(new_carries)
+    if not batched:
+        return ys[:, 0], jax.tree_util.tree_map(lambda a: a[0], carries_out)
+    if not time_major:
+        ys = jnp.swapaxes(ys, 0, 1)
+    return ys, carries_out

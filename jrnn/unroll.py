@@ -10,6 +10,7 @@ input positions.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -172,15 +173,30 @@ def unroll(
     cell.check_params(params)
     ndim = check_sequence(xs, cell.input_size_of(params), time_major=time_major)
     batched = ndim == 3
+    B = (xs.shape[1] if time_major else xs.shape[0]) if batched else 1
+    T = xs.shape[0 if (time_major or not batched) else 1]
+    lengths = check_seq_lengths(seq_lengths, B if batched else None, T)
+    if carry is not None:
+        carry = prepare_carry(cell, carry, (B,) if batched else (), compute_dtype(xs, params))
+    return _unroll(
+        cell, params, xs, carry, lengths,
+        batched=batched, reverse=reverse, time_major=time_major, unroll=unroll, remat=remat, backward=backward,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cell", "batched", "reverse", "time_major", "unroll", "remat", "backward")
+)
+def _unroll(cell, params, xs, carry, lengths, *, batched, reverse, time_major, unroll, remat, backward):
+    """``unroll`` after validation, compiled once per spec and shape (also when called eagerly)."""
     if not batched:
         xs = xs[:, None, :]  # (T, 1, D)
     elif not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # (B, T, D) -> (T, B, D)
-    T, B = xs.shape[:2]
-    lengths = check_seq_lengths(seq_lengths, B if batched else None, T)
-    dtype = compute_dtype(xs, params)
-    carry = prepare_carry(cell, carry, (B,) if batched else (), dtype)
-    if not batched:
+    B = xs.shape[1]
+    if carry is None:
+        carry = cell.initial_carry((B,), compute_dtype(xs, params))
+    elif not batched:
         carry = jax.tree_util.tree_map(lambda a: a[None], carry)
 
     carry_T, ys = scan_layer(

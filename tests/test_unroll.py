@@ -126,11 +126,20 @@ def test_jit_and_vmap():
     np.testing.assert_allclose(ys_v[1], ys_1, rtol=1e-13, atol=1e-14)
 
 
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, descending into nested jit calls (not into scan bodies)."""
+    for e in jaxpr.eqns:
+        if e.primitive.name in ("pjit", "jit"):
+            yield from _eqns(e.params["jaxpr"].jaxpr)
+        else:
+            yield e
+
+
 def test_hoisted_projection_single_matmul_with_w_x():
     """The input projection is outside the loop: the scan body has no product with w_x."""
     cell, p, xs, carry, _, _ = setup("lstm", None)
     jaxpr = jax.make_jaxpr(lambda p, xs: jrnn.unroll(cell, p, xs))(p, xs)
-    scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    scans = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "scan"]
     assert len(scans) == 1
     body = scans[0].params["jaxpr"].jaxpr
     dots = [e for e in body.eqns if e.primitive.name == "dot_general"]
