@@ -256,9 +256,15 @@ def fit(
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
     try:
         if checkpointer is not None and checkpointer.latest_step() is not None:
-            params, opt_state, saved_key, meta = checkpointer.restore(
-                checkpointer.latest_step(), params, opt_state, key
-            )
+            latest = checkpointer.latest_step()
+            try:
+                params, opt_state, saved_key, meta = checkpointer.restore(latest, params, opt_state, key)
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(
+                    f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {latest}) that does "
+                    f"not match these params and this optimizer's state; use another directory "
+                    f"or the same model and optimizer ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
+                ) from err
             if given_key is not None and not _same_key(saved_key, key):
                 warnings.warn(
                     f"fit: resuming from {checkpointer.directory} at step {meta['step']} with the "
