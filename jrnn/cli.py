@@ -70,7 +70,9 @@ def _synthetic(task: Callable, loss: str, classes: int | None, baselines: Callab
             return task(step_key, batch_size, seq_len)
 
         outputs = classes if classes is not None else val[1].shape[-1]
-        return Problem(train, None, train_eval, val, loss, val[0].shape[-1], outputs, baselines(seq_len), note)
+        return Problem(
+            train, None, train_eval, val, loss, val[0].shape[-1], outputs, baselines(seq_len), note
+        )
 
     return build
 
@@ -133,8 +135,10 @@ def _tasks_table() -> dict:
             "chance_cross_entropy": tasks.TEMPORAL_ORDER_BASELINE_CE,
             "chance_accuracy": tasks.TEMPORAL_ORDER_BASELINE_ACCURACY,
         }, "temporal order: classify the order of two relevant symbols, last step"), 100),
-        "sunspots": (_series(lambda: datasets.sunspots()[1], "yearly sunspot numbers 1700-2008, next year"), 20),
-        "aapl": (_series(lambda: datasets.aapl().log_returns, "AAPL monthly log returns 2000-2010, next month"), 12),
+        "sunspots": (_series(lambda: datasets.sunspots()[1],
+                             "yearly sunspot numbers 1700-2008, next year"), 20),
+        "aapl": (_series(lambda: datasets.aapl().log_returns,
+                         "AAPL monthly log returns 2000-2010, next month"), 12),
         "digits": (_digits, 8),
     }
 
@@ -244,7 +248,8 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     # Hidden overrides for quick smoke tests; the defaults are the real demo.
     for name in ("steps", "hidden", "batch_size", "series_length", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=DEMO[name], help=argparse.SUPPRESS)
+        flag = f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, type=int, default=DEMO[name], help=argparse.SUPPRESS)
 
 
 def run_demo(args) -> int:
@@ -261,7 +266,8 @@ def run_demo(args) -> int:
     series = np.asarray(tasks.sine_series(k_series, args.series_length))
     train, val = datasets.windows(series, DEMO["window"], val_fraction=0.2)
 
-    model = jrnn.RNN(jrnn.VanillaCell(args.hidden, activation="tanh"), num_layers=DEMO["layers"], output_size=1)
+    cell = jrnn.VanillaCell(args.hidden, activation="tanh")
+    model = jrnn.RNN(cell, num_layers=DEMO["layers"], output_size=1)
     params = jax.jit(model.init, static_argnums=1)(k_init, 1)
     optimizer = make_optimizer("adagrad", DEMO["lr"], clip_norm=DEMO["clip"], schedule="cosine",
                                decay_steps=args.steps)
@@ -303,8 +309,11 @@ def run_demo(args) -> int:
         **_step_counts(result.history),
         "wall_time_s": round(wall, 2),
         "device": str(jax.devices()[0]),
-        "config": {**DEMO, **{k: getattr(args, k) for k in ("steps", "hidden", "batch_size", "series_length", "seed")},
-                   "cell": "vanilla", "activation": "tanh", "optimizer": "adagrad", "schedule": "cosine"},
+        "config": {
+            **DEMO,
+            **{k: getattr(args, k) for k in ("steps", "hidden", "batch_size", "series_length", "seed")},
+            "cell": "vanilla", "activation": "tanh", "optimizer": "adagrad", "schedule": "cosine",
+        },
     }
     _write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(f"train MSE       {train_mse:.3e}")
@@ -369,7 +378,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def run_train(args) -> int:
     t0 = time.perf_counter()
     if args.activation is not None and args.cell != "vanilla":
-        raise SystemExit(f"jrnn train: error: --activation applies to --cell vanilla only, got --cell {args.cell}")
+        raise SystemExit(
+            f"jrnn train: error: --activation applies to --cell vanilla only, got --cell {args.cell}"
+        )
     import jax
 
     import jrnn

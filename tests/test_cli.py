@@ -48,7 +48,9 @@ def test_every_flag_is_documented():
 
 
 def test_help_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "jrnn.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "jrnn.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "demo" in out.stdout and "train" in out.stdout
 
 
@@ -70,8 +72,9 @@ def test_demo_smoke(tmp_path, capsys):
 
 def test_train_smoke_with_truncation(tmp_path, capsys):
     out = tmp_path / "train"
-    args = ["train", "--task", "adding", "--cell", "gru", "--hidden", "4", "--steps", "4", "--batch-size", "4",
-            "--seq-len", "6", "--truncation", "4", "--eval-every", "2", "--out", str(out), "--no-progress"]
+    args = ["train", "--task", "adding", "--cell", "gru", "--hidden", "4", "--steps", "4",
+            "--batch-size", "4", "--seq-len", "6", "--truncation", "4", "--eval-every", "2",
+            "--out", str(out), "--no-progress"]
     assert cli.main(args) == 0
     assert "validation MSE" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())

@@ -189,7 +189,9 @@ def manual_truncated_steps(model, optimizer, params, opt_state, xs, targets, len
     return params, opt_state
 
 
-@pytest.mark.parametrize("loss,every", [("mse", True), ("cross_entropy", False)], ids=["mse-every", "ce-last"])
+@pytest.mark.parametrize(
+    "loss,every", [("mse", True), ("cross_entropy", False)], ids=["mse-every", "ce-last"]
+)
 def test_truncated_fit_equals_manual_chunked_steps(loss, every):
     model, params = tiny("lstm", num_layers=2)
     optimizer = optax.adam(5e-2)

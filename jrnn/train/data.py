@@ -36,11 +36,15 @@ def _shape(a) -> tuple | None:
     return None if shape is None else tuple(shape)
 
 
-def check_batch_tuple(batch: Any, loss: str, input_size: int, output_size: int, argument: str = "data") -> tuple:
+def check_batch_tuple(
+    batch: Any, loss: str, input_size: int, output_size: int, argument: str = "data"
+) -> tuple:
     """Validate ``(xs, targets[, seq_lengths])`` for a model with ``input_size`` features in and
     ``output_size`` out; return it as host NumPy arrays (3 entries, ``seq_lengths`` possibly None)."""
     if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-        got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+        got = type(batch).__name__
+        if isinstance(batch, (tuple, list)):
+            got = f"a {got} of length {len(batch)}"
         raise TypeError(f"{argument} must be a tuple (xs, targets[, seq_lengths]), got {got}")
     xs, targets = batch[0], batch[1]
     seq_lengths = batch[2] if len(batch) == 3 else None
@@ -51,7 +55,8 @@ def check_batch_tuple(batch: Any, loss: str, input_size: int, output_size: int, 
         raise ValueError(f"{argument}: xs must hold at least one sequence of one step, got shape {xs_shape}")
     if xs_shape[2] != input_size:
         raise ValueError(
-            f"{argument}: xs must have D = {input_size} features (the model's input size), got shape {xs_shape}"
+            f"{argument}: xs must have D = {input_size} features (the model's input size), "
+            f"got shape {xs_shape}"
         )
     xs = np.asarray(xs)
     if not np.issubdtype(xs.dtype, np.floating):
@@ -87,7 +92,9 @@ def check_batch_tuple(batch: Any, loss: str, input_size: int, output_size: int, 
 class Minibatches:
     """``batch(step) -> (xs, targets, seq_lengths)``: the minibatch of ``step`` (module docstring)."""
 
-    def __init__(self, data: Any, batch_size: int | None, key, *, loss: str, input_size: int, output_size: int):
+    def __init__(
+        self, data: Any, batch_size: int | None, key, *, loss: str, input_size: int, output_size: int
+    ):
         self.key = key
         self.loss = loss
         self.input_size = input_size
@@ -95,7 +102,8 @@ class Minibatches:
         if callable(data) and not isinstance(data, (tuple, list)):
             if batch_size is not None:
                 raise ValueError(
-                    f"batch_size must be None when data is a callable (it returns whole batches), got {batch_size!r}"
+                    "batch_size must be None when data is a callable (it returns whole batches), "
+                    f"got {batch_size!r}"
                 )
             self._call = data
             self.arrays = None
@@ -116,6 +124,12 @@ class Minibatches:
         self._epoch = None
         self._order = None
 
+    def set_key(self, key) -> None:
+        """Use ``key`` for the order from now on (``fit`` sets the run's data key once known)."""
+        self.key = key
+        self._epoch = None
+        self._order = None
+
     @property
     def batches_per_epoch(self) -> int | None:
         if self.arrays is None or self.batch_size is None:
@@ -129,7 +143,8 @@ class Minibatches:
         per_epoch = self.batches_per_epoch
         epoch, i = divmod(step, per_epoch)
         if epoch != self._epoch:
-            self._order = np.asarray(jax.random.permutation(jax.random.fold_in(self.key, epoch), self.num_examples))
+            k_epoch = jax.random.fold_in(self.key, epoch)
+            self._order = np.asarray(jax.random.permutation(k_epoch, self.num_examples))
             self._epoch = epoch
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 

@@ -114,7 +114,9 @@ def _check_key(key: Any):
     if not isinstance(key, jax.Array) or not (
         jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
     ):
-        raise TypeError(f"key must be None or a jax.random key, got {type(key).__name__} {getattr(key, 'shape', '')}")
+        raise TypeError(
+            f"key must be None or a jax.random key, got {type(key).__name__} {getattr(key, 'shape', '')}"
+        )
     return key
 
 
@@ -133,7 +135,10 @@ def _host_metrics(m: dict) -> dict:
     out = {}
     for name in METRICS:
         v = np.asarray(m[name])
-        out[name] = bool(v) if v.dtype == np.bool_ else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
+        if v.dtype == np.bool_:
+            out[name] = bool(v)
+        else:
+            out[name] = int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
     return out
 
 
@@ -230,14 +235,17 @@ def fit(
     checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
     max_consecutive_nonfinite = _check_int("max_consecutive_nonfinite", max_consecutive_nonfinite, 1)
     if not (callable(data) or isinstance(data, (tuple, list))):
-        raise TypeError(f"data must be a tuple (xs, targets[, seq_lengths]) or a callable (key) -> batch, got {type(data).__name__}")
+        raise TypeError(
+            "data must be a tuple (xs, targets[, seq_lengths]) or a callable (key) -> batch, "
+            f"got {type(data).__name__}"
+        )
     given_key = key
     key = _check_key(key)
     parallel = DataParallel(devices)
     lead = jax.process_index() == 0
 
     # Validate the data before any compilation or checkpoint I/O.
-    Minibatches(data, batch_size, key, loss=loss, input_size=input_size, output_size=model.out_size)
+    batches = Minibatches(data, batch_size, key, loss=loss, input_size=input_size, output_size=model.out_size)
     if isinstance(data, (tuple, list)):
         rows = batch_size if batch_size is not None else np.shape(data[0])[0]
         if rows % parallel.size:
@@ -247,7 +255,9 @@ def fit(
             )
     evaluation = None
     if eval_data is not None:
-        evaluation = parallel.put(check_batch_tuple(eval_data, loss, input_size, model.out_size, argument="eval_data"))
+        evaluation = parallel.put(
+            check_batch_tuple(eval_data, loss, input_size, model.out_size, argument="eval_data")
+        )
 
     params = parallel.replicate(params)
     opt_state = parallel.replicate(optimizer.init(params))
@@ -263,7 +273,8 @@ def fit(
                 raise ValueError(
                     f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {latest}) that does "
                     f"not match these params and this optimizer's state; use another directory "
-                    f"or the same model and optimizer ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
+                    f"or the same model and optimizer "
+                    f"({type(err).__name__}: {str(err).splitlines()[0][:300]})"
                 ) from err
             if given_key is not None and not _same_key(saved_key, key):
                 warnings.warn(
@@ -272,10 +283,11 @@ def fit(
                 )
             key, start, history = saved_key, int(meta["step"]), meta["history"]
             if start > steps:
-                warnings.warn(f"fit: the checkpoint is at step {start}, past steps={steps}; nothing to do", stacklevel=2)
+                warnings.warn(
+                    f"fit: the checkpoint is at step {start}, past steps={steps}; nothing to do", stacklevel=2
+                )
         k_data, k_dropout = jax.random.split(key)
-        batches = Minibatches(data, batch_size, k_data, loss=loss, input_size=input_size,
-                              output_size=model.out_size)
+        batches.set_key(k_data)
 
         train_step, evaluate = _compile(model, optimizer, loss, backward, clip_norm, truncation)
 
@@ -295,7 +307,9 @@ def fit(
             for s in range(start, steps):
                 xs, targets, seq_lengths = parallel.shard_batch(batches.batch(s))
                 dropout_key = jax.random.fold_in(k_dropout, s) if model.dropout > 0 else None
-                params, opt_state, metrics = train_step(params, opt_state, xs, targets, seq_lengths, dropout_key)
+                params, opt_state, metrics = train_step(
+                    params, opt_state, xs, targets, seq_lengths, dropout_key
+                )
                 m = _host_metrics(parallel.fetch(metrics))
                 done = s + 1
                 history["train"]["step"].append(done)

@@ -148,7 +148,9 @@ def every_step_targets(loss: str, xs_shape, targets, output_size: int, argument:
         )
     dtype = getattr(targets, "dtype", None)
     if loss == "cross_entropy" and not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{argument} for loss='cross_entropy' must be integer class labels, got dtype {dtype}")
+        raise TypeError(
+            f"{argument} for loss='cross_entropy' must be integer class labels, got dtype {dtype}"
+        )
     return shape == every
 
 
@@ -290,7 +292,9 @@ def make_train_step(
         every, lengths = check_batch(model, params, xs, targets, seq_lengths, loss)
         B, T = xs.shape[:2]
         num_scored = _num_scored(every, lengths, B, T)
-        params, opt_state, _, m = update(params, opt_state, None, xs, targets, lengths, lengths, num_scored, key)
+        params, opt_state, _, m = update(
+            params, opt_state, None, xs, targets, lengths, lengths, num_scored, key
+        )
         return params, opt_state, _summarize(jax.tree_util.tree_map(lambda a: a[None], m))
 
     def chunked_step(params, opt_state, xs, targets, seq_lengths=None, key=None):
