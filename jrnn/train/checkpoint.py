@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["Checkpointer"]
@@ -55,7 +56,8 @@ class Checkpointer:
 
     def save(self, step: int, params, opt_state, key, history: dict) -> None:
         key_data, key_impl = key_to_data(key)
-        state = {"params": params, "opt_state": opt_state, "key": key_data}
+        # the key as a host NumPy array: it is the same on every process, so any host can write it
+        state = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
         history = {part: {name: list(col) for name, col in cols.items()} for part, cols in history.items()}
         meta = {"step": int(step), "history": history, "key_impl": key_impl, "format": FORMAT}
         self._manager.save(
@@ -70,14 +72,15 @@ class Checkpointer:
         Returns ``(params, opt_state, key, meta)``.
         """
         key_data, _ = key_to_data(key)
-        like = {"params": params, "opt_state": opt_state, "key": key_data}
+        like = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         restored = self._manager.restore(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
         )
         state, meta = restored["state"], restored["meta"]
-        return state["params"], state["opt_state"], key_from_data(state["key"], meta.get("key_impl")), meta
+        key = key_from_data(jax.numpy.asarray(state["key"]), meta.get("key_impl"))
+        return state["params"], state["opt_state"], key, meta
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
