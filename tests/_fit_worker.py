@@ -2,11 +2,15 @@
 
     python tests/_fit_worker.py resume OUT.npz [--checkpoint-dir DIR] [--data tuple|callable]
     python tests/_fit_worker.py parallel OUT.npz
+    python tests/_fit_worker.py multihost OUT.npz --process-id I --port PORT --checkpoint-dir DIR
 
 ``resume``: a small LSTM on the adding-style regression below, with checkpoints every few steps
 when ``--checkpoint-dir`` is given (the test kills it with SIGKILL and starts it again).
 ``parallel``: the same fit on all devices and on the first device only (run it with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``), both saved.
+``multihost``: one of two processes joined by ``jax.distributed.initialize`` on localhost (run
+each with two CPU devices); the fit spans all four devices of both processes, then process 0
+repeats it on one local device. Process 0 saves both.
 """
 
 from __future__ import annotations
@@ -60,28 +64,56 @@ def run_resume(args):
              **{f"opt_{k}": v for k, v in leaves(result.opt_state).items()})
 
 
-def run_parallel(args):
+def parallel_fit(devices, checkpoint_dir=None):
     jax.config.update("jax_enable_x64", True)
     model, params, data = problem(jax.random.PRNGKey(1), 32, 12, 8, jnp.float64)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+    return fit(model, params, optimizer, data, steps=6, batch_size=16, truncation=5, eval_data=data,
+               eval_every=3, progress=False, key=jax.random.PRNGKey(3), devices=devices,
+               checkpoint_dir=checkpoint_dir, checkpoint_every=2)
+
+
+def local_leaves(tree) -> dict:
+    """Leaves of replicated global arrays, read from this process's first copy."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return {f"leaf{i}": np.asarray(a.addressable_data(0)) for i, a in enumerate(leaves)}
+
+
+def run_parallel(args):
     out = {"num_devices": len(jax.devices())}
     for name, devices in (("all", jax.devices()), ("one", jax.devices()[:1])):
-        result = fit(model, params, optimizer, data, steps=6, batch_size=16, truncation=5,
-                     eval_data=data, eval_every=3, progress=False, key=jax.random.PRNGKey(3),
-                     devices=devices)
-        out.update({f"{name}_{k}": v for k, v in leaves(result.params).items()})
+        result = parallel_fit(devices)
+        out.update({f"{name}_{k}": v for k, v in local_leaves(result.params).items()})
         out[f"{name}_devices"] = len(result.params.readout.w.sharding.device_set)
         out[f"{name}_eval"] = np.asarray(result.history["eval"]["loss"])
     np.savez(args.out, **out)
 
 
+def run_multihost(args):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{args.port}", num_processes=2,
+                               process_id=args.process_id)
+    out = {"num_devices": len(jax.devices()), "num_processes": jax.process_count()}
+    result = parallel_fit(jax.devices(), args.checkpoint_dir)
+    out.update({f"all_{k}": v for k, v in local_leaves(result.params).items()})
+    out["all_devices"] = len(result.params.readout.w.sharding.device_set)
+    out["all_eval"] = np.asarray(result.history["eval"]["loss"])
+    if args.process_id == 0:
+        result = parallel_fit(jax.local_devices()[:1])
+        out.update({f"one_{k}": v for k, v in local_leaves(result.params).items()})
+        out["one_eval"] = np.asarray(result.history["eval"]["loss"])
+        np.savez(args.out, **out)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["resume", "parallel"])
+    parser.add_argument("mode", choices=["resume", "parallel", "multihost"])
     parser.add_argument("out")
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--log")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--data", choices=["tuple", "callable"], default="tuple")
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    {"resume": run_resume, "parallel": run_parallel}[args.mode](args)
+    {"resume": run_resume, "parallel": run_parallel, "multihost": run_multihost}[args.mode](args)

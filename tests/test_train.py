@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -448,6 +449,33 @@ def test_data_parallel_over_four_devices_equals_one_device(tmp_path):
     got = np.load(out)
     assert int(got["num_devices"]) == 4
     assert int(got["all_devices"]) == 4 and int(got["one_devices"]) == 1
-    for name in got.files:
-        if name.startswith("all_leaf") or name == "all_eval":
-            np.testing.assert_allclose(got[name], got[name.replace("all_", "one_")], rtol=1e-10, atol=1e-12)
+    _assert_all_equals_one(got)
+
+
+def _assert_all_equals_one(got):
+    names = [n for n in got.files if n.startswith("all_leaf") or n == "all_eval"]
+    assert len(names) == 9  # 2 LSTM layers x 3 + readout 2 + the eval losses
+    for name in names:
+        np.testing.assert_allclose(got[name], got[name.replace("all_", "one_")], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed_equal_one_device(tmp_path):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = tmp_path / "multihost.npz"
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), "multihost", str(out), "--process-id", str(i),
+                          "--port", str(port), "--checkpoint-dir", str(tmp_path / "ckpt")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    for p in procs:
+        output = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, output[-3000:]
+    got = np.load(out)
+    assert int(got["num_processes"]) == 2 and int(got["num_devices"]) == 4 and int(got["all_devices"]) == 4
+    _assert_all_equals_one(got)
+    assert _committed(tmp_path / "ckpt")[-1] == 6
