@@ -216,7 +216,10 @@ def fit(
       key: the run's ``jax.random`` key (default ``PRNGKey(0)``); split into the data key and the
         dropout key.
       devices: devices to shard each batch over (default ``jax.local_devices()``); the batch
-        size must be divisible by their number.
+        size must be divisible by their number. After ``jax.distributed.initialize()``, pass
+        ``jax.devices()`` to span every process: each one must then call ``fit`` with the same
+        params, data and key (it uploads only its own devices' rows of each global batch); only
+        process 0 shows progress and writes ``log_path``.
       clip_norm: the optimizer's clipping threshold, to report ``clipped`` (``make_train_step``).
       max_consecutive_nonfinite: this many non-finite steps in a row raise ``FloatingPointError``.
 
