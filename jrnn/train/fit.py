@@ -208,8 +208,9 @@ def fit(
         callable data.
       eval_data: ``(xs, targets[, seq_lengths])`` scored every ``eval_every`` steps and at the end.
       eval_every: steps between evaluations.
-      checkpoint_dir: where to save checkpoints every ``checkpoint_every`` steps and at the end;
-        if it already holds one, training resumes from the latest (its key and history included).
+      checkpoint_dir: where to save checkpoints every ``checkpoint_every`` steps and at the end
+        (the 3 latest are kept); if it already holds one, training resumes from the latest (its
+        key and history included).
       checkpoint_every: steps between checkpoints.
       log_path: a file to append JSON lines of metrics to.
       progress: show a progress bar (tqdm, on stderr) with the loss and steps per second.
