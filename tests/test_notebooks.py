@@ -8,6 +8,9 @@ The kernel is a ``python3`` kernelspec written into a temporary directory that p
 interpreter running the tests, and put first on ``JUPYTER_PATH``, so the notebooks run in the
 same environment as the tests even when no kernel was ever installed (a fresh virtual
 environment) or when the user's ``python3`` kernel points somewhere else.
+
+A second, fast check makes sure each committed ``.ipynb`` has the same cells as its ``.py`` and
+was executed without errors, so that what a reader sees on the code host matches the source.
 """
 
 from __future__ import annotations
@@ -45,6 +48,23 @@ def kernel_dir(tmp_path_factory) -> pathlib.Path:
 
 def test_notebooks_found():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_paired(path):
+    """The committed .ipynb holds the same cells as the .py and has been executed."""
+    nbformat = pytest.importorskip("nbformat")
+    executed = path.with_suffix(".ipynb")
+    assert executed.exists(), f"{executed.name} is missing: run python notebooks/execute.py {path.stem[:2]}"
+    source = [(c.cell_type, c.source) for c in jupytext.read(path).cells]
+    stored = nbformat.read(executed, as_version=4)
+    assert [(c.cell_type, c.source) for c in stored.cells] == source, (
+        f"{executed.name} is out of sync with {path.name}: run jupytext --sync {path} "
+        "(Markdown only) or python notebooks/execute.py (code changed)"
+    )
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), f"{executed.name} has unexecuted code cells"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
 
 
 @pytest.mark.slow
