@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 __all__ = ["Checkpointer"]
 
@@ -41,6 +40,9 @@ class Checkpointer:
     """Save and restore ``fit``'s state in ``directory`` (keeping the ``max_to_keep`` latest)."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp  # imported here: a third of a second, needed only to checkpoint
+
+        self._ocp = ocp
         directory = os.fspath(directory)
         # a local path is made absolute (orbax requires it); a URL such as gs://... is kept
         self.directory = directory if "://" in directory else os.path.abspath(directory)
@@ -60,6 +62,7 @@ class Checkpointer:
         state = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
         history = {part: {name: list(col) for name, col in cols.items()} for part, cols in history.items()}
         meta = {"step": int(step), "history": history, "key_impl": key_impl, "format": FORMAT}
+        ocp = self._ocp
         self._manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -71,6 +74,7 @@ class Checkpointer:
 
         Returns ``(params, opt_state, key, meta)``.
         """
+        ocp = self._ocp
         key_data, _ = key_to_data(key)
         like = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
