@@ -19,11 +19,11 @@
 # In a vanilla recurrent network $h_t = f(a_t)$, $a_t = x_t W_x + h_{t-1} W_h + b$, the
 # gradient that reaches an early state is a product of step Jacobians,
 #
-# $$ \frac{\partial L}{\partial h_t} = \frac{\partial L}{\partial h_T}\,
-#    \prod_{k=t+1}^{T} \frac{\partial h_k}{\partial h_{k-1}}, \qquad
-#    \frac{\partial h_k}{\partial h_{k-1}} = \operatorname{diag}\!\big(f'(a_k)\big)\, W_h^\top , $$
+# $$ \frac{\partial L}{\partial h_t} = \frac{\partial L}{\partial h_T}\, J_T J_{T-1} \cdots J_{t+1},
+#    \qquad J_k = \frac{\partial h_k}{\partial h_{k-1}} = \operatorname{diag}\!\big(f'(a_k)\big)\, W_h^\top , $$
 #
-# (with the loss on the last step only; weights stored `(in, out)` as in jrnn). A product of
+# (with the loss on the last step only, gradients as row vectors, weights stored `(in, out)` as
+# in jrnn). A product of
 # $T - t$ matrices tends to shrink or grow geometrically with $T - t$: the gradient *vanishes*
 # or *explodes* (Hochreiter 1991; Bengio, Simard and Frasconi 1994).
 #
@@ -118,7 +118,7 @@ plt.show()
 #    \quad\Longrightarrow\quad
 #    \Big\lVert \frac{\partial h_T}{\partial h_t} \Big\rVert_2 \le \big(\gamma\, \sigma_{\max}(W_h)\big)^{T-t}. $$
 #
-# This is Pascanu, Mikolov and Bengio (2013, section 2.1): if the largest singular value
+# This is the argument of Pascanu, Mikolov and Bengio (2013): if the largest singular value
 # $\sigma_{\max}$ of $W_h$ is below $1/\gamma$, the gradient is *guaranteed* to vanish
 # geometrically ($\gamma = 1$ for tanh, $1/4$ for the logistic sigmoid); $\sigma_{\max} > 1/\gamma$
 # is *necessary* for it to explode, not sufficient. The bound is about the singular value, not

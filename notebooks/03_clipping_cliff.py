@@ -54,7 +54,7 @@ print("small run" if SMALL else "full run", "| jax", jax.__version__, "|", jax.d
 #
 # The network has one unit, $x_t = w\,\sigma(x_{t-1}) + b$ with $\sigma$ the logistic sigmoid,
 # starts at $x_0 = 0.5$ and runs $T = 50$ steps; the loss asks the last output to be 0.7,
-# $L(w, b) = (\sigma(x_{50}) - 0.7)^2$. This is the example of Pascanu et al. (2013, section 3).
+# $L(w, b) = (\sigma(x_{50}) - 0.7)^2$. This is the example of Pascanu et al. (2013).
 # It is small enough to evaluate on a dense grid of $(w, b)$.
 
 # %%
