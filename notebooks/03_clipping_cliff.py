@@ -86,11 +86,11 @@ print(f"loss in [{L.min():.4f}, {L.max():.4f}]; gradient norm: median {np.median
       f"99th percentile {np.percentile(G, 99):.3g}, max on this grid {G.max():.3g}")
 
 # %% [markdown]
-# The surface has three flat regions: $\sigma(x_{50}) \approx 0$ (loss $0.49$, bottom left),
-# $\sigma(x_{50}) \approx 1$ (loss $0.09$, right) and, between them, a narrow valley where the
-# loss reaches 0. For $w$ above about 4 the map $x \mapsto w\sigma(x) + b$ has two stable fixed
-# points, and which one the state ends in changes abruptly as $b$ crosses a bifurcation: that
-# boundary is the cliff.
+# The surface has two plateaus, $\sigma(x_{50}) \approx 0$ (loss $0.49$, bottom left) and
+# $\sigma(x_{50}) \approx 1$ (loss $0.09$, top right), and between them, on the left, a narrow
+# valley where the loss reaches 0. For $w$ above about 4 (where $w \max\sigma' = w/4$ exceeds 1)
+# the map $x \mapsto w\sigma(x) + b$ can have two stable fixed points, and which one the state
+# ends in changes abruptly as $b$ crosses a bifurcation: that boundary is the cliff.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
