@@ -1,0 +1,127 @@
+"""``jrnn bench``: run the benchmark suite of ``benchmarks/`` and write its results.
+
+::
+
+    jrnn bench [--quick] [--only speed,memory,...] [--out DIR]
+    python -m jrnn.bench ...                       # the same, without the console script
+
+Each benchmark answers one question (``BENCHMARKS``) and writes ``NAME.json`` (device, versions,
+shapes, every timing, ratios), ``NAME.md`` (tables) and ``NAME*.png`` (plots) under ``--out``; the
+runner adds ``summary.md`` (all tables, with the date, the device and the command) and
+``index.json`` (what ran, what failed). ``--quick`` runs tiny sizes in a few minutes at most: a
+smoke test, not a measurement. The suite lives in the source checkout (``benchmarks/`` next to
+the ``jrnn`` package); an installed wheel without it reports so.
+
+For the CLI: ``configure_parser(parser)`` adds the options to an ``argparse`` (sub)parser and
+``run(args)`` runs them, returning an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+BENCHMARKS = {
+    "speed": "training gradient and inference time vs PyTorch, Flax, Equinox, NumPy hand BPTT",
+    "memory": "peak memory of one gradient vs T: autodiff, remat, bptt",
+    "compile": "compile time vs T, layers and unroll",
+    "scaling": "time vs T, B and H with fitted exponents",
+    "quality": "tasks trained to their bars, time to reach them, chance baselines",
+    "gpu": "LSTM on GPU, float32 and bfloat16, vs cuDNN (skipped without a GPU)",
+}
+"""``name -> question``, in run order; each is the module ``benchmarks.<name>``."""
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``jrnn bench``'s options to ``parser`` (a subparser of the ``jrnn`` command)."""
+    parser.description = parser.description or __doc__.split("\n\n")[0]
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (minutes at most)")
+    parser.add_argument(
+        "--only", default=None, metavar="NAMES",
+        help=f"comma-separated benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="output directory (default: benchmarks/results, or benchmarks/results/quick with --quick)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _selected(only: str | None) -> list[str]:
+    if not only:
+        return list(BENCHMARKS)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown or not names:
+        raise ValueError(f"--only must name benchmarks among {', '.join(BENCHMARKS)}, got {only!r}")
+    return names
+
+
+def _import_suite():
+    if not (_CHECKOUT / "benchmarks" / "__init__.py").exists():
+        raise RuntimeError(
+            f"jrnn bench needs the benchmarks/ folder of a source checkout next to the jrnn package "
+            f"(looked in {_CHECKOUT}); clone the repository and run it from there"
+        )
+    if str(_CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(_CHECKOUT))
+    return importlib.import_module("benchmarks.common")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmarks ``args`` selects; 0 when all of them ran, 1 otherwise."""
+    try:
+        names = _selected(args.only)
+        common = _import_suite()
+    except (ValueError, RuntimeError) as e:
+        print(f"jrnn bench: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out is not None else common.DEFAULT_OUT
+    if args.out is None and args.quick:
+        out = out / "quick"  # a smoke test never overwrites the committed measurements
+    out.mkdir(parents=True, exist_ok=True)
+    command = "jrnn bench" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") + (
+        f" --out {args.out}" if args.out is not None else "")
+    sys.argv = [command.split()[0], *command.split()[1:]]  # recorded as "command" in every result
+    status = {}
+    for name in names:
+        print(f"jrnn bench: {name} — {BENCHMARKS[name]}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            module.run(out, quick=args.quick, show_progress=not getattr(args, "no_progress", False))
+            status[name] = {"ok": True, "seconds": time.perf_counter() - t0}
+        except Exception as e:  # noqa: BLE001 - one benchmark failing must not stop the others
+            traceback.print_exc()
+            status[name] = {"ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"[:1000]}
+    env = common.environment()
+    env["command"] = command
+    parts = [f"# jrnn benchmarks\n\n{common.device_line(env)}\n\nCommand: `{command}`"]
+    for name in names:
+        md = out / f"{name}.md"
+        if status[name]["ok"] and md.exists():
+            parts.append(md.read_text().strip())
+        else:
+            parts.append(f"## {name}\n\nFailed: {status[name].get('error', 'no output')}")
+    (out / "summary.md").write_text("\n\n".join(parts) + "\n")
+    (out / "index.json").write_text(json.dumps({"command": command, "environment": env, "benchmarks": status}, indent=1) + "\n")
+    failed = [n for n, s in status.items() if not s["ok"]]
+    print(f"jrnn bench: wrote {out}/summary.md" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="jrnn bench"))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

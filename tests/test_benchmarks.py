@@ -1,0 +1,186 @@
+"""The benchmark suite: ``jrnn bench --quick`` writes well-formed results; the peers compute what
+jrnn computes. No timing assertions: the machine is shared and timings are not a test."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, numpy_rnn  # noqa: E402
+from benchmarks.peers import CELL_KINDS, PEERS, Case, Unavailable, make_problem  # noqa: E402
+from benchmarks.speed import check, reference_of  # noqa: E402
+
+import jrnn  # noqa: E402
+from jrnn import bench  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def test_fit_exponent_recovers_a_power_law():
+    x = np.array([10.0, 20, 40, 80])
+    fit = common.fit_exponent(x, 3.0 * x**1.5)
+    assert fit["exponent"] == pytest.approx(1.5)
+    assert fit["prefactor"] == pytest.approx(3.0)
+    assert fit["r2"] == pytest.approx(1.0)
+
+
+def test_geomean_and_relative_error():
+    assert common.geomean([1.0, 4.0]) == pytest.approx(2.0)
+    assert math.isnan(common.geomean([]))
+    assert common.max_rel_error([np.array([1.0, 2.0])], [np.array([1.0, 2.2])]) == pytest.approx(0.2 / 2.2)
+    assert common.max_rel_error([np.zeros(2)], [np.zeros(3)]) == math.inf
+
+
+def test_measure_interleaves_and_summarizes():
+    calls = []
+    result = common.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, min_block_s=0.0)
+    assert set(result) == {"a", "b"}
+    for r in result.values():
+        assert len(r["samples_s"]) == 3 and r["q25_s"] <= r["median_s"] <= r["q75_s"]
+    assert calls.count("a") == calls.count("b")
+
+
+# --------------------------------------------------------------------------------------------
+# The NumPy hand BPTT peer, against jax.grad in float64
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+def test_numpy_hand_bptt_matches_autodiff(kind, layers, bidirectional):
+    model = jrnn.RNN(jrnn.make_cell(kind, 5), num_layers=layers, bidirectional=bidirectional)
+    params = model.init(jax.random.PRNGKey(1), 3, dtype=jnp.float64)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((2, 6, 3))
+    target = rng.standard_normal((2, 6, model.top_size))
+
+    def loss_fn(p):
+        return jnp.mean((model.apply(p, xs)[0] - target) ** 2)
+
+    want_loss, want = jax.value_and_grad(loss_fn)(params)
+    to_np = lambda p: tuple(np.asarray(a) for a in p)  # noqa: E731
+    layers_np = [tuple(to_np(d) for d in p) if bidirectional else to_np(p) for p in params.layers]
+    loss, grads = numpy_rnn.mse_value_and_grad(kind, layers_np, xs, target, bidirectional)
+    flat = [a for g in grads for d in (g if bidirectional else [g]) for a in d]
+    assert loss == pytest.approx(float(want_loss), rel=1e-12)
+    for got, w in zip(flat, jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(got, np.asarray(w), rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Every peer computes jrnn's loss, gradients and outputs from converted weights
+
+
+PEER_CASES = [pytest.param("lstm", 2, True, id="lstm-2L-bi")] + [
+    pytest.param(kind, layers, bi, id=f"{kind}-{layers}L{'-bi' if bi else ''}", marks=pytest.mark.slow)
+    for kind in CELL_KINDS for layers, bi in [(1, False), (2, True)] if (kind, layers) != ("lstm", 2)
+]
+
+
+@pytest.mark.parametrize("kind,layers,bidirectional", PEER_CASES)
+def test_peers_agree_with_jrnn(kind, layers, bidirectional):
+    problem = make_problem(Case(kind, layers, bidirectional, 3, 7, 4, 5))
+    reference = reference_of(PEERS["jrnn"](problem))
+    checked = []
+    for name in ("torch", "flax", "equinox", "numpy", "jrnn-bptt"):
+        try:
+            built = PEERS[name](problem)
+        except Unavailable:
+            continue
+        result = check(built, reference)
+        assert result["ok"], (name, result)
+        checked.append(name)
+    assert "numpy" in checked
+
+
+def test_a_wrong_peer_fails_the_check():
+    problem = make_problem(Case("lstm", 1, False, 2, 5, 3, 4))
+    reference = reference_of(PEERS["jrnn"](problem))
+    built = PEERS["numpy"](problem)
+    right = built.check_train
+    built.check_train = lambda: (right()[0], [g * 1.01 for g in right()[1]])
+    assert not check(built, reference)["ok"]
+
+
+def test_cudnn_weight_packing_matches_the_reference_lstm():
+    from jax.experimental import rnn
+
+    from benchmarks.peers import cudnn_weights
+
+    for layers, bidirectional in [(1, False), (2, True)]:
+        problem = make_problem(Case("lstm", layers, bidirectional, 3, 7, 4, 5))
+        W_ih, W_hh, b_ih, b_hh = rnn.unpack_lstm_weights(cudnn_weights(problem), 4, 5, layers, bidirectional)
+        zeros = jnp.zeros(((2 if bidirectional else 1) * layers, 3, 5))
+        ys = rnn.lstm_ref(jnp.asarray(problem.xs), zeros, zeros, W_ih, W_hh, b_ih, b_hh,
+                          jnp.full((3,), 7, jnp.int32), 4, 5, layers, 0.0, bidirectional)[0]
+        np.testing.assert_allclose(np.asarray(ys), reference_of(PEERS["jrnn"](problem), ("infer",))["ys"], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+
+
+def test_runner_rejects_unknown_benchmarks(capsys):
+    parser = bench.configure_parser(__import__("argparse").ArgumentParser())
+    assert bench.run(parser.parse_args(["--only", "speed,nope"])) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_well_formed_results(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jrnn.bench", "--quick", "--no-progress", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = json.loads((out / "index.json").read_text())
+    assert set(index["benchmarks"]) == set(bench.BENCHMARKS)
+    assert all(s["ok"] for s in index["benchmarks"].values()), index["benchmarks"]
+    for name in bench.BENCHMARKS:
+        result = json.loads((out / f"{name}.json").read_text())
+        env = result["environment"]
+        assert env["versions"]["jax"] and env["jax_backend"] and env["cpu_count"]
+        assert (out / f"{name}.md").read_text().startswith("## ")
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    assert {"speed_train.png", "speed_infer.png", "memory.png", "compile.png", "scaling.png"} <= {p.name for p in out.glob("*.png")}
+
+    speed = json.loads((out / "speed.json").read_text())
+    assert {c["case"]["cell"] for c in speed["cases"]} == set(CELL_KINDS)
+    for case in speed["cases"]:
+        for mode in ("train", "infer"):
+            assert case["timings"][mode]["jrnn"]["median_s"] > 0
+            assert case["ratios"][mode]["jrnn"] == pytest.approx(1.0)
+        for name, status in case["peers"].items():
+            assert status["available"] or status["reason"]
+            if "check" in status:
+                assert status["check"]["ok"], (name, status["check"])
+    assert [t["peer"] for t in speed["summary"]["targets"]]
+    assert "| case |" in (out / "speed.md").read_text()
+
+    memory = json.loads((out / "memory.json").read_text())
+    assert {r["mode"] for r in memory["rows"]} >= {"autodiff", "remat"}
+    assert all(r["peak_bytes"] > 0 for r in memory["rows"])
+    compile_ = json.loads((out / "compile.json").read_text())
+    assert {r["axis"] for r in compile_["rows"]} == {"T", "layers", "unroll"}
+    scaling = json.loads((out / "scaling.json").read_text())
+    assert set(scaling["fits"]) == {"T", "B", "H"}
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["missing"] or {r["task"] for r in quality["rows"]} == {"adding", "copy_memory", "timing", "sine"}
+    summary = (out / "summary.md").read_text()
+    assert "Command: `jrnn bench --quick" in summary and "## Speed" in summary
