@@ -446,10 +446,23 @@ def run_train(args) -> int:
 # The command table and main
 # ----------------------------------------------------------------------------------------------
 
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    """Benchmarks against PyTorch, Flax, Equinox and a NumPy hand BPTT (JSON, markdown, PNG)."""
+    from jrnn import bench
+
+    bench.configure_parser(parser)
+
+
+def run_bench(args) -> int:
+    from jrnn import bench
+
+    return bench.run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "demo": (configure_demo, run_demo),
     "train": (configure_train, run_train),
-    # "bench": the benchmark runner's (configure, run) pair is registered here.
+    "bench": (configure_bench, run_bench),
 }
 """Subcommand name -> ``(configure(parser), run(args) -> exit status)``; the first line of
 ``configure``'s docstring is the subcommand's one-line help."""
