@@ -1,0 +1,45 @@
+"""The hand-written backpropagation through time (BPTT).
+
+Every derivative is written out: cells, masking, truncation, dropout, readout and losses. JAX's
+automatic differentiation is never asked for one; the only JAX hook is ``jax.custom_vjp``, whose
+backward rule is the hand-written one, so that ``backward="bptt"`` in ``jrnn.unroll`` and
+``RNN.apply`` makes JAX use it.
+
+Two forms of the same maths:
+
+- the *reference* (``jrnn.bptt.steps``): ``step_forward`` caches what the backward needs and
+  ``step_backward`` mirrors it line by line, returning ``d_x, d_carry_tm1, d_params`` per step,
+  summed over time by a per-step layer loop (the form of min-char-rnn);
+- the *fast* form (``jrnn.bptt.fast``): input projections of all steps as one GEMM, a reverse
+  loop that carries only ``d_carry`` and emits pre-activation gradients, and the weight and
+  input gradients as single GEMMs over time after the loop. It stores only the per-step carries.
+
+Public entry points::
+
+    d_params, d_xs, d_carry0 = unroll_vjp(cell, params, xs, carry, d_ys, d_carry_T, *,
+                                          seq_lengths=None, reverse=False, truncation=None)
+    loss, grads = value_and_grad(model, params, xs, targets, *, loss="mse", seq_lengths=None,
+                                 truncation=None, dropout_key=None)
+
+``truncation=k`` cuts the gradient through every layer's carry between positions ``jk - 1`` and
+``jk`` (``truncation_cuts``), in forward and reverse layers alike.
+"""
+
+from jrnn.bptt.common import truncation_cuts
+from jrnn.bptt.fast import Residuals
+from jrnn.bptt.layer import FORMS, scan_layer, unroll_vjp
+from jrnn.bptt.network import value_and_grad
+from jrnn.bptt.steps import ACTIVATION_SLOPES, STEPS, step_backward, step_forward
+
+__all__ = [
+    "ACTIVATION_SLOPES",
+    "Residuals",
+    "FORMS",
+    "STEPS",
+    "scan_layer",
+    "step_backward",
+    "step_forward",
+    "truncation_cuts",
+    "unroll_vjp",
+    "value_and_grad",
+]
