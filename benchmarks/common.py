@@ -137,17 +137,18 @@ def measure(
     """Interleaved steady-state timing of zero-argument callables (each must block until done).
 
     Every callable is warmed up (two calls), then ``rounds`` rounds visit them in a rotated order.
-    A visit makes one untimed call, then times ``k`` back-to-back calls, ``k`` chosen so a block
-    lasts about ``min_block_s``. Returns ``{name: {"median_s", "q25_s", "q75_s", "min_s",
+    A visit makes one untimed call (skipped for calls over 0.2 s, where a switch cannot matter),
+    then times ``k`` back-to-back calls, ``k`` chosen so a block lasts about ``min_block_s``. Returns ``{name: {"median_s", "q25_s", "q75_s", "min_s",
     "samples_s", "calls_per_sample"}}``. ``budget_s`` stops after the round that exceeds it (never
     before ``min_rounds``).
     """
     names = list(fns)
-    block_len = {}
+    block_len, settle = {}, {}
     for name in names:
         fns[name]()  # compile / first-touch
         t = _one(fns[name])
         block_len[name] = int(min(max_block, max(1, math.ceil(min_block_s / max(t, 1e-9)))))
+        settle[name] = t < 0.2  # an untimed call per visit only where the switch could matter
     samples: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
     for r in range(rounds):
@@ -156,7 +157,8 @@ def measure(
             order = order[::-1]
         for name in order:
             fn, k = fns[name], block_len[name]
-            fn()  # untimed: absorb the switch from the previous runtime
+            if settle[name]:
+                fn()  # untimed: absorb the switch from the previous runtime
             t0 = time.perf_counter()
             for _ in range(k):
                 fn()
