@@ -2,19 +2,20 @@
 
 Forward (``forward``):
 
-- the input projection of every step is one GEMM before the loop, ``xp = xs @ w_x + b``
-  ``(T, B, G)``;
+- the input projection of every step is one GEMM before the loop, ``xs @ w_x`` ``(T, B, G)``
+  (the bias is added in the loop, which saves a second ``(T, B, G)`` buffer);
 - the loop does the recurrent product and the gate arithmetic, and writes each step's gate
-  activations back over that step's row of ``xp`` (in place: the projection of step t is dead
-  once step t has run), so the activations of all steps cost no memory beyond ``xp``'s;
+  activations back over that step's row of the projection (in place: the projection of step t
+  is dead once step t has run), so the activations of all steps cost no memory beyond it; the
+  loop carries the row it reads next (see ``_write_then_read``);
 - it emits the carry after each step (zero at padded steps).
 
-What the backward keeps (the *reserve*, as cuDNN calls it): the gate activations in the ``xp``
-buffer (LSTM: ``i, f, g, o``; GRU: ``r, z, n`` plus ``h_n = h w_hn + b_hn`` in a ``(T, B, H)``
+What the backward keeps (the *reserve*, as cuDNN calls it): the gate activations in the
+projection's buffer (LSTM: ``i, f, g, o``; GRU: ``r, z, n`` plus ``h_n = h w_hn + b_hn`` in a ``(T, B, H)``
 buffer), and the per-step carries (``h`` = the outputs; LSTM also ``c``). The vanilla cell keeps
 only ``h``: its slope comes from its output, ``tanh' = 1 - h²``. With ``remat=True`` only the
-carries are kept and the backward recomputes the gate activations first, in one batched pass
-(two GEMMs over ``T·B`` rows: ``xs @ w_x + h_prev @ w_h``).
+carries are kept, and the backward recomputes the gate activations chunk by chunk (two GEMMs
+per chunk of steps, ``xs @ w_x + h_prev @ w_h``) just before its reverse loop reaches them.
 
 Backward (``backward``):
 
@@ -22,7 +23,12 @@ Backward (``backward``):
   derivatives and one ``(B, G) @ (G, H)`` product into the previous carry, and writes the step's
   pre-activation gradients ``d_a`` over the step's row of the reserve (in place again);
 - after the loop, ``d_w_x = Σ_t x_tᵀ d_a_t``, ``d_w_h = Σ_t h_{t-1}ᵀ d_a_t``, ``d_b = Σ d_a`` and
-  ``d_xs = d_a @ w_xᵀ`` are single GEMMs (or sums) over ``T·B`` rows.
+  ``d_xs = d_a @ w_xᵀ`` are single GEMMs (or sums) over ``T·B`` rows (under ``remat``, one per
+  chunk, added up).
+
+Memory, in units of one ``(T, B, H)`` array, for the LSTM: the reserve 4, the carries 2, the
+materialized ``h_{t-1}`` 1, plus the incoming ``d_ys``; with ``remat`` the carries 2 plus one
+chunk. Autodiff of the same scan keeps about 3x more (``benchmarks/bptt_memory.py``).
 
 Everything here is time-major (``xs (T, B, D)``) and already validated.
 """
@@ -87,17 +93,6 @@ def _steps(T, valid, reverse):
     return t, valid, before
 
 
-def _entering_row(states, first, t, before_t, reverse):
-    """The carry that entered step t, read from the stored carries (see ``common.entering``)."""
-    T = states.shape[0]
-    s = jnp.clip(t + 1 if reverse else t - 1, 0, T - 1)
-    row = _row(states, s, keepdims=False)
-    has = (t < T - 1) if reverse else (t > 0)
-    if before_t is not None:
-        has = jnp.logical_and(has, before_t)[:, None]
-    return jnp.where(has, row, first)
-
-
 # --------------------------------------------------------------------------------------------
 # Forward
 
@@ -118,86 +113,80 @@ def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep=
 
 
 def _vanilla_forward(cell, params, xs, h0, t, m, reverse, unroll):
-    xp = cell.project_inputs(params, xs)  # (T, B, H): one GEMM for all steps
+    xw = xs @ params.w_x  # (T, B, H): one GEMM for all steps (the bias joins in the loop)
     act = ACTIVATIONS[cell.activation]
 
     def step(h_tm1, inputs):
-        xp_t, m_t = inputs
-        h = act(xp_t + h_tm1 @ params.w_h)
+        xw_t, m_t = inputs
+        h = act((xw_t + params.b) + h_tm1 @ params.w_h)
         return (h, h) if m_t is None else _masked(m_t[:, None], h, h_tm1)
 
-    h_T, hs = jax.lax.scan(step, h0, (xp, m), reverse=reverse, unroll=unroll)
+    h_T, hs = jax.lax.scan(step, h0, (xw, m), reverse=reverse, unroll=unroll)
     return h_T, hs, hs, None
 
 
 def _lstm_forward(cell, params, xs, carry0, t, m, reverse, unroll):
-    buf = cell.project_inputs(params, xs)  # (T, B, 4H): one GEMM; becomes the reserve
+    buf = xs @ params.w_x  # (T, B, 4H): one GEMM; becomes the reserve
+    t_next = (lambda t: t - 1) if reverse else (lambda t: t + 1)
 
     def step(state, inputs):
-        (h_tm1, c_tm1), buf = state
+        (h_tm1, c_tm1), buf, xw_t = state
         t, m_t = inputs
-        a = _row(buf, t, keepdims=False) + h_tm1 @ params.w_h  # (B, 4H)
+        a = (xw_t + params.b) + h_tm1 @ params.w_h  # (B, 4H)
         a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
         i, f, g, o = sigmoid(a_i), sigmoid(a_f), jnp.tanh(a_g), sigmoid(a_o)
         c = f * c_tm1 + i * g
         h = o * jnp.tanh(c)
-        buf = _put(buf, jnp.concatenate([i, f, g, o], axis=-1), t, 0)  # keep the activations
+        buf, xw_next = _write_then_read(buf, jnp.concatenate([i, f, g, o], axis=-1), t, t_next(t))
         new = LSTMCarry(h, c)
         carry, out = (new, new) if m_t is None else _masked(m_t[:, None], new, LSTMCarry(h_tm1, c_tm1))
-        return (carry, buf), out
+        return (carry, buf, xw_next), out
 
-    (carry_T, buf), states = jax.lax.scan(step, (carry0, buf), (t, m), reverse=reverse, unroll=unroll)
+    first = _row(buf, xs.shape[0] - 1 if reverse else 0, keepdims=False)
+    (carry_T, buf, _), states = jax.lax.scan(step, (carry0, buf, first), (t, m), reverse=reverse, unroll=unroll)
     return carry_T, states.h, states, buf
 
 
 def _gru_forward(cell, params, xs, h0, t, m, reverse, unroll):
     H = cell.hidden_size
-    buf = cell.project_inputs(params, xs)  # (T, B, 3H): one GEMM; becomes r, z, n
+    buf = xs @ params.w_x  # (T, B, 3H): one GEMM; becomes r, z, n
     buf_n = jnp.zeros(xs.shape[:2] + (H,), buf.dtype)  # (T, B, H): h_n of every step
+    t_next = (lambda t: t - 1) if reverse else (lambda t: t + 1)
 
     def step(state, inputs):
-        h_tm1, buf, buf_n = state
+        h_tm1, bufs, (xw_t, _) = state
         t, m_t = inputs
-        x_r, x_z, x_n = jnp.split(_row(buf, t, keepdims=False), 3, axis=-1)
+        x_r, x_z, x_n = jnp.split(xw_t + params.b_x, 3, axis=-1)
         hp = h_tm1 @ params.w_h + params.b_h  # (B, 3H)
         h_r, h_z, h_n = jnp.split(hp, 3, axis=-1)
         r = sigmoid(x_r + h_r)
         z = sigmoid(x_z + h_z)
         n = jnp.tanh(x_n + r * h_n)
         h = (1.0 - z) * n + z * h_tm1
-        buf = _put(buf, jnp.concatenate([r, z, n], axis=-1), t, 0)
-        buf_n = _put(buf_n, h_n, t, 0)
+        bufs, rows_next = _write_then_read(bufs, (jnp.concatenate([r, z, n], axis=-1), h_n), t, t_next(t))
         h, out = (h, h) if m_t is None else _masked(m_t[:, None], h, h_tm1)
-        return (h, buf, buf_n), out
+        return (h, bufs, rows_next), out
 
-    (h_T, buf, buf_n), hs = jax.lax.scan(step, (h0, buf, buf_n), (t, m), reverse=reverse, unroll=unroll)
-    return h_T, hs, hs, (buf, buf_n)
+    first = _rows((buf, buf_n), xs.shape[0] - 1 if reverse else 0)
+    (h_T, bufs, _), hs = jax.lax.scan(step, (h0, (buf, buf_n), first), (t, m), reverse=reverse, unroll=unroll)
+    return h_T, hs, hs, bufs
 
 
 _FORWARD = {VanillaCell: _vanilla_forward, LSTMCell: _lstm_forward, GRUCell: _gru_forward}
 
 
 # --------------------------------------------------------------------------------------------
-# Recompute (remat): the reserve from the stored carries, in one batched pass
-
-
-def _lstm_recompute(cell, params, xs, states, prev):
-    a = cell.project_inputs(params, xs) + prev.h @ params.w_h  # (T, B, 4H): two GEMMs, all steps
-    a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
-    return jnp.concatenate([sigmoid(a_i), sigmoid(a_f), jnp.tanh(a_g), sigmoid(a_o)], axis=-1)
-
-
-def _gru_recompute(cell, params, xs, states, h_prev):
-    x_r, x_z, x_n = jnp.split(cell.project_inputs(params, xs), 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(h_prev @ params.w_h + params.b_h, 3, axis=-1)
-    r = sigmoid(x_r + h_r)
-    z = sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)
-    return jnp.concatenate([r, z, n], axis=-1), h_n
-
-
-# --------------------------------------------------------------------------------------------
 # Backward
+
+
+REMAT_CHUNK_ELEMENTS = 1 << 20
+"""Under ``remat`` the backward recomputes the gate activations chunk by chunk; a chunk holds
+about this many ``(steps, B, G)`` elements (4 MiB in float32), enough for efficient GEMMs."""
+
+
+def remat_chunk_steps(num_steps: int, batch: int, gate_size: int) -> int:
+    """Steps per recomputed chunk: ``REMAT_CHUNK_ELEMENTS / (B·G)``, at least 1, at most T."""
+    return max(1, min(num_steps, REMAT_CHUNK_ELEMENTS // max(1, batch * gate_size)))
 
 
 def _start(cell, d_carry, d_y_t, m_t):
@@ -218,8 +207,34 @@ def _finish(d_carry, d_carry_tm1, m_t, cut_t):
     return d_carry_tm1
 
 
+class _Segment(NamedTuple):
+    """A run of consecutive steps for the reverse loop (the whole sequence, or one chunk)."""
+
+    xs: Array  # (n, B, D)
+    d_ys: Array  # (n, B, H)
+    valid: Array | None  # (n, B) step inside its sequence
+    before: Array | None  # (n, B) the step processed before it is inside its sequence
+    cuts: Array | None  # (n,) truncation: cut the gradient into the carry entering the step
+    states: Any  # carries after each step, (n, B, H) per part
+    prev: Any  # carries entering each step, (n, B, H) per part (LSTM ``c``: None = read from states)
+    first: Any  # the carry entering the segment's first processed step when none is stored
+
+
 def backward(
-    cell, params, xs, carry0, lengths, residuals, d_ys, d_carry_T, *, reverse=False, unroll=1, cuts=None, need_d_xs=True
+    cell,
+    params,
+    xs,
+    carry0,
+    lengths,
+    residuals,
+    d_ys,
+    d_carry_T,
+    *,
+    reverse=False,
+    unroll=1,
+    cuts=None,
+    need_d_xs=True,
+    remat_chunk=None,
 ):
     """The backward of ``forward``: ``(d_params, d_xs, d_carry0)``.
 
@@ -227,19 +242,97 @@ def backward(
     cotangents of the outputs and of the final carry. ``cuts`` (``(T,)`` booleans, see
     ``common.truncation_cuts``) zero the gradient into the carry entering those steps.
     ``need_d_xs=False`` skips the input-gradient GEMM (``d_xs`` is then None).
+
+    When the residuals hold no reserve (``keep="carries"``) the gate activations are recomputed
+    chunk by chunk, ``remat_chunk`` steps at a time (default ``remat_chunk_steps``): per chunk,
+    two GEMMs rebuild its activations, the reverse loop runs over it, and its weight gradients
+    are added up; the peak memory is then the stored carries plus one chunk.
     """
     T = xs.shape[0]
     valid = valid_steps(lengths, T)
-    steps = (*_steps(T, valid, reverse), None if cuts is None else jnp.asarray(cuts))
-    return _BACKWARD[type(cell)](
-        cell, params, xs, carry0, valid, residuals, d_ys, d_carry_T, steps, reverse, unroll, need_d_xs
-    )
+    before = None
+    if valid is not None:
+        false = jnp.zeros_like(valid[:1])
+        before = jnp.concatenate([valid[1:], false]) if reverse else jnp.concatenate([false, valid[:-1]])
+    cuts = None if cuts is None else jnp.asarray(cuts)
+    loop, gradients, recompute = _CELLS[type(cell)]
+    states, reserve = residuals
+    if reserve is not None or recompute is None:
+        # the whole sequence as one segment; the h entering each step is materialized for the
+        # d_w_h GEMM, the LSTM's c is read from the stored carries inside the loop
+        h_prev = entering(cell.output(states), cell.output(carry0), valid, reverse)
+        prev = LSTMCarry(h_prev, None) if isinstance(cell, LSTMCell) else h_prev
+        seg = _Segment(xs, d_ys, valid, before, cuts, states, prev, carry0)
+        d_carry0, d_pre = loop(cell, params, seg, reserve, d_carry_T, reverse, unroll)
+        d_params, d_xs = gradients(cell, params, seg, d_pre, need_d_xs)
+        return d_params, d_xs, d_carry0
+
+    B, G = xs.shape[1], cell.gate_size
+    size = remat_chunk or remat_chunk_steps(T, B, G)
+    size = max(1, min(int(size), T))
+    count, rest = divmod(T, size)
+
+    def chunk(s, n, acc):
+        """Recompute and run steps ``[s, s + n)``, adding their gradients to ``acc``."""
+        d_carry, d_params, d_xs = acc
+        sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
+        prev = jax.tree_util.tree_map(lambda st, c0: _entering_rows(st, c0, s, n, before, reverse), states, carry0)
+        seg = _Segment(
+            sl(xs), sl(d_ys), sl(valid), sl(before), sl(cuts), jax.tree_util.tree_map(sl, states), prev, carry0
+        )
+        d_carry, d_pre = loop(cell, params, seg, recompute(cell, params, seg), d_carry, reverse, unroll)
+        d_params_c, d_xs_c = gradients(cell, params, seg, d_pre, need_d_xs)
+        d_params = jax.tree_util.tree_map(jnp.add, d_params, d_params_c)
+        if need_d_xs:
+            d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_xs_c, s, axis=0)
+        return d_carry, d_params, d_xs
+
+    d_xs = jnp.zeros_like(xs) if need_d_xs else None
+    acc = (d_carry_T, tree_zeros_like(params), d_xs)
+    # the loop runs against the forward: a forward layer's backward starts with the last steps
+    # (the partial chunk [count·size, T) first), a reverse layer's with the first ones
+    if rest and not reverse:
+        acc = chunk(count * size, rest, acc)
+    if count:
+        starts = jnp.arange(count) * size
+        acc, _ = jax.lax.scan(lambda acc, s: (chunk(s, size, acc), None), acc, starts, reverse=not reverse)
+    if rest and reverse:
+        acc = chunk(count * size, rest, acc)
+    d_carry0, d_params, d_xs = acc
+    return d_params, d_xs, d_carry0
 
 
-def _vanilla_backward(cell, params, xs, h0, valid, residuals, d_ys, d_h_T, steps, reverse, unroll, need_d_xs):
-    hs = residuals.states
+def _entering_rows(states, first, s, n, before, reverse):
+    """The carries entering steps ``[s, s + n)``, gathered from the stored carries."""
+    T = states.shape[0]
+    idx = s + jnp.arange(n) + (1 if reverse else -1)
+    rows = jnp.take(states, jnp.clip(idx, 0, T - 1), axis=0)  # (n, B, H)
+    has = ((idx >= 0) & (idx <= T - 1))[:, None]
+    if before is not None:
+        has = has & jax.lax.dynamic_slice_in_dim(before, s, n, axis=0)
+    return jnp.where(has[..., None], rows, first[None])
+
+
+def _entering_row(states, first, t, before_t, reverse):
+    """The carry entering step t, read from the stored carries (see ``common.entering``)."""
+    T = states.shape[0]
+    row = _row(states, jnp.clip(t + 1 if reverse else t - 1, 0, T - 1), keepdims=False)
+    has = (t < T - 1) if reverse else (t > 0)
+    if before_t is not None:
+        has = jnp.logical_and(has, before_t)[:, None]
+    return jnp.where(has, row, first)
+
+
+def _against(reverse):
+    """The step the reverse loop visits after step t."""
+    return (lambda t: t + 1) if reverse else (lambda t: t - 1)
+
+
+# -- vanilla: no reserve; the slope comes from h -------------------------------------------
+
+
+def _vanilla_loop(cell, params, seg, reserve, d_h_T, reverse, unroll):
     slope = ACTIVATION_SLOPES[cell.activation]
-    _, m, _, cuts = steps
 
     def step(d_h, inputs):
         h, d_y_t, m_t, cut_t = inputs
@@ -248,31 +341,44 @@ def _vanilla_backward(cell, params, xs, h0, valid, residuals, d_ys, d_h_T, steps
         d_h_tm1 = d_a @ params.w_h.T  # a = xp + h_tm1 @ w_h
         return _finish(d_h, d_h_tm1, m_t, cut_t), d_a
 
-    d_h0, d_a = jax.lax.scan(step, d_h_T, (hs, d_ys, m, cuts), reverse=not reverse, unroll=unroll)
-    h_prev = entering(hs, h0, valid, reverse)
+    return jax.lax.scan(step, d_h_T, (seg.states, seg.d_ys, seg.valid, seg.cuts), reverse=not reverse, unroll=unroll)
+
+
+def _vanilla_gradients(cell, params, seg, d_a, need_d_xs):
     d_params = VanillaParams(
-        w_x=outer_sum(xs, d_a),  # xp = xs @ w_x + b
-        w_h=outer_sum(h_prev, d_a),  # a = xp + h_tm1 @ w_h
+        w_x=outer_sum(seg.xs, d_a),  # xp = xs @ w_x + b
+        w_h=outer_sum(seg.prev, d_a),  # a = xp + h_tm1 @ w_h
         b=batch_sum(d_a),
     )
-    return d_params, (d_a @ params.w_x.T if need_d_xs else None), d_h0
+    return d_params, (d_a @ params.w_x.T if need_d_xs else None)
 
 
-def _lstm_backward(cell, params, xs, carry0, valid, residuals, d_ys, d_carry_T, steps, reverse, unroll, need_d_xs):
-    states, buf = residuals
-    if buf is None:  # remat: recompute the activations of all steps at once
-        prev = jax.tree_util.tree_map(lambda s, c0: entering(s, c0, valid, reverse), states, carry0)
-        buf = _lstm_recompute(cell, params, xs, states, prev)
-    cs = states.c
+# -- LSTM ----------------------------------------------------------------------------------
 
-    t_next = (lambda t: t + 1) if reverse else (lambda t: t - 1)  # the loop runs against the forward
+
+def _lstm_recompute(cell, params, seg):
+    """The gate activations of a segment from its inputs and entering carries: two GEMMs."""
+    a = (seg.xs @ params.w_x + params.b) + seg.prev.h @ params.w_h  # (n, B, 4H)
+    a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
+    return jnp.concatenate([sigmoid(a_i), sigmoid(a_f), jnp.tanh(a_g), sigmoid(a_o)], axis=-1)
+
+
+def _lstm_loop(cell, params, seg, buf, d_carry_T, reverse, unroll):
+    """The reverse loop over a segment whose gate activations are in ``buf`` ``(n, B, 4H)``;
+    returns ``(d_carry0, d_a)`` with ``d_a`` written over ``buf``."""
+    cs, c_prev = seg.states.c, seg.prev.c
+    n = cs.shape[0]
+    t_next = _against(reverse)
 
     def step(state, inputs):
         d_carry, buf, gates = state
         t, m_t, before_t, cut_t, d_y_t = inputs
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = _row(cs, t, keepdims=False)
-        c_tm1 = _entering_row(cs, carry0.c, t, before_t, reverse)
+        if c_prev is None:
+            c_tm1 = _entering_row(cs, seg.first.c, t, before_t, reverse)
+        else:
+            c_tm1 = _row(c_prev, t, keepdims=False)
         d_h, d_c = _start(cell, d_carry, d_y_t, m_t)
         tanh_c = jnp.tanh(c)
         d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)  # h = o * tanh(c): backprop into c
@@ -292,29 +398,44 @@ def _lstm_backward(cell, params, xs, carry0, valid, residuals, d_ys, d_carry_T, 
         buf, gates = _write_then_read(buf, d_a, t, t_next(t))  # d_a over the spent activations
         return (_finish(d_carry, d_carry_tm1, m_t, cut_t), buf, gates), None
 
-    t, m, before, cuts = steps
-    first = _row(buf, 0 if reverse else xs.shape[0] - 1, keepdims=False)
-    (d_carry0, d_a, _), _ = jax.lax.scan(
-        step, (d_carry_T, buf, first), (t, m, before, cuts, d_ys), reverse=not reverse, unroll=unroll
+    first = _row(buf, 0 if reverse else n - 1, keepdims=False)
+    inputs = (jnp.arange(n), seg.valid, seg.before, seg.cuts, seg.d_ys)
+    (d_carry0, d_a, _), _ = jax.lax.scan(step, (d_carry_T, buf, first), inputs, reverse=not reverse, unroll=unroll)
+    return d_carry0, d_a
+
+
+def _lstm_gradients(cell, params, seg, d_a, need_d_xs):
+    d_params = LSTMParams(
+        w_x=outer_sum(seg.xs, d_a),  # a = xs @ w_x + ...
+        w_h=outer_sum(seg.prev.h, d_a),  # a = ... + h_tm1 @ w_h
+        b=batch_sum(d_a),  # a = ... + b
     )
-    h_prev = entering(states.h, carry0.h, valid, reverse)
-    d_params = LSTMParams(w_x=outer_sum(xs, d_a), w_h=outer_sum(h_prev, d_a), b=batch_sum(d_a))
-    return d_params, (d_a @ params.w_x.T if need_d_xs else None), d_carry0
+    return d_params, (d_a @ params.w_x.T if need_d_xs else None)
 
 
-def _gru_backward(cell, params, xs, h0, valid, residuals, d_ys, d_h_T, steps, reverse, unroll, need_d_xs):
-    hs, reserve = residuals
-    if reserve is None:  # remat
-        reserve = _gru_recompute(cell, params, xs, hs, entering(hs, h0, valid, reverse))
-    buf, buf_n = reserve  # (T, B, 3H) r, z, n and (T, B, H) h_n
+# -- GRU -----------------------------------------------------------------------------------
 
-    t_next = (lambda t: t + 1) if reverse else (lambda t: t - 1)  # the loop runs against the forward
+
+def _gru_recompute(cell, params, seg):
+    """``r, z, n`` ``(n, B, 3H)`` and ``h_n`` ``(n, B, H)`` of a segment: two GEMMs."""
+    x_r, x_z, x_n = jnp.split(seg.xs @ params.w_x + params.b_x, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(seg.prev @ params.w_h + params.b_h, 3, axis=-1)
+    r = sigmoid(x_r + h_r)
+    z = sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
+    return jnp.concatenate([r, z, n], axis=-1), h_n
+
+
+def _gru_loop(cell, params, seg, reserve, d_h_T, reverse, unroll):
+    """The reverse loop over a segment whose ``r, z, n`` and ``h_n`` are in ``reserve``; returns
+    ``(d_h0, (d_hp, d_a_n))`` written over the reserve."""
+    n_steps = seg.states.shape[0]
+    t_next = _against(reverse)
 
     def step(state, inputs):
         d_h, bufs, (rzn, h_n) = state
-        t, m_t, before_t, cut_t, d_y_t = inputs
+        t, m_t, cut_t, d_y_t, h_tm1 = inputs
         r, z, n = jnp.split(rzn, 3, axis=-1)
-        h_tm1 = _entering_row(hs, h0, t, before_t, reverse)
         d_new = _start(cell, d_h, d_y_t, m_t)
         d_a_n = d_new * (1.0 - z) * (1.0 - n * n)  # h = (1 - z) * n + ...,  n = tanh(x_n + r * h_n)
         d_a_z = d_new * (h_tm1 - n) * z * (1.0 - z)  # h = ... + z * h_tm1,  z = sigmoid(x_z + h_z)
@@ -324,21 +445,28 @@ def _gru_backward(cell, params, xs, h0, valid, residuals, d_ys, d_h_T, steps, re
         bufs, rows = _write_then_read(bufs, (d_hp, d_a_n), t, t_next(t))  # over the spent activations
         return (_finish(d_h, d_h_tm1, m_t, cut_t), bufs, rows), None
 
-    t, m, before, cuts = steps
-    first = _rows((buf, buf_n), 0 if reverse else xs.shape[0] - 1)
-    (d_h0, (d_hp, d_a_n), _), _ = jax.lax.scan(
-        step, (d_h_T, (buf, buf_n), first), (t, m, before, cuts, d_ys), reverse=not reverse, unroll=unroll
-    )
+    first = _rows(reserve, 0 if reverse else n_steps - 1)
+    inputs = (jnp.arange(n_steps), seg.valid, seg.cuts, seg.d_ys, seg.prev)
+    (d_h0, d_pre, _), _ = jax.lax.scan(step, (d_h_T, reserve, first), inputs, reverse=not reverse, unroll=unroll)
+    return d_h0, d_pre
+
+
+def _gru_gradients(cell, params, seg, d_pre, need_d_xs):
+    d_hp, d_a_n = d_pre  # (n, B, 3H), (n, B, H)
     H = cell.hidden_size
     d_xp = jnp.concatenate([d_hp[..., : 2 * H], d_a_n], axis=-1)  # r and z see x and h alike
-    h_prev = entering(hs, h0, valid, reverse)
     d_params = GRUParams(
-        w_x=outer_sum(xs, d_xp),  # xp = xs @ w_x + b_x
-        w_h=outer_sum(h_prev, d_hp),  # hp = h_tm1 @ w_h + b_h
+        w_x=outer_sum(seg.xs, d_xp),  # xp = xs @ w_x + b_x
+        w_h=outer_sum(seg.prev, d_hp),  # hp = h_tm1 @ w_h + b_h
         b_x=batch_sum(d_xp),
         b_h=batch_sum(d_hp),
     )
-    return d_params, (d_xp @ params.w_x.T if need_d_xs else None), d_h0
+    return d_params, (d_xp @ params.w_x.T if need_d_xs else None)
 
 
-_BACKWARD = {VanillaCell: _vanilla_backward, LSTMCell: _lstm_backward, GRUCell: _gru_backward}
+_CELLS = {
+    VanillaCell: (_vanilla_loop, _vanilla_gradients, None),
+    LSTMCell: (_lstm_loop, _lstm_gradients, _lstm_recompute),
+    GRUCell: (_gru_loop, _gru_gradients, _gru_recompute),
+}
+"""``cell type -> (loop, gradients, recompute)``; the vanilla cell has nothing to recompute."""
