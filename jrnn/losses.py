@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn.unroll import check_seq_lengths
+
 __all__ = [
     "LOSSES",
     "LossPair",
@@ -69,26 +71,6 @@ def _check_preds(name: str, preds) -> jax.Array:
     if not jnp.issubdtype(preds.dtype, jnp.floating):
         raise TypeError(f"{name}: expected a floating dtype, got {preds.dtype}")
     return preds
-
-
-def _check_seq_lengths(seq_lengths, batch: int, steps: int) -> jax.Array | None:
-    if seq_lengths is None:
-        return None
-    seq_lengths = jnp.asarray(seq_lengths)
-    if seq_lengths.shape != (batch,):
-        raise ValueError(
-            f"seq_lengths: expected shape (B,) = ({batch},), got shape {seq_lengths.shape}"
-        )
-    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
-        raise TypeError(f"seq_lengths: expected an integer dtype, got {seq_lengths.dtype}")
-    if _is_concrete(seq_lengths):
-        values = np.asarray(seq_lengths)
-        if values.size and (values.min() < 0 or values.max() > steps):
-            raise ValueError(
-                f"seq_lengths: expected values in [0, T] = [0, {steps}], "
-                f"got min {values.min()} and max {values.max()}"
-            )
-    return seq_lengths
 
 
 def _scored_mask(batch: int, steps: int, seq_lengths, every_step: bool) -> jax.Array:
@@ -140,7 +122,7 @@ def _mse_residual(preds, targets, seq_lengths):
             f"targets: expected shape (B, T, O) = {preds.shape} or (B, O) = {(batch, out)}, "
             f"got {targets.shape}"
         )
-    seq_lengths = _check_seq_lengths(seq_lengths, batch, steps)
+    seq_lengths = check_seq_lengths(seq_lengths, batch, steps)
     targets = targets.astype(preds.dtype)
     scored = _scored_mask(batch, steps, seq_lengths, every_step)[:, :, None]   # (B, T, 1)
     residual = jnp.where(scored, preds - targets, 0)                   # (B, T, O)
@@ -228,7 +210,7 @@ def _cross_entropy_parts(logits, labels, seq_lengths):
             f"labels: expected shape (B, T) = {(batch, steps)} or (B,) = ({batch},), "
             f"got {labels.shape}"
         )
-    seq_lengths = _check_seq_lengths(seq_lengths, batch, steps)
+    seq_lengths = check_seq_lengths(seq_lengths, batch, steps)
     scored = _scored_mask(batch, steps, seq_lengths, every_step)       # (B, T)
     if _is_concrete(labels) and _is_concrete(scored):
         used = np.asarray(labels)[np.asarray(scored)]

@@ -287,11 +287,11 @@ def test_get_loss_table_and_unknown_name():
                                                  r"got \(3, 5, 2\)"),
         ((3, 4, 2), (3,), None, ValueError, r"targets: expected shape .* got \(3,\)"),
         ((3, 4, 2), (3, 2), np.array([4, 4], np.int32), ValueError,
-         r"seq_lengths: expected shape \(B,\) = \(3,\), got shape \(2,\)"),
+         r"seq_lengths must have shape \(3,\) \(one length per sequence\), got \(2,\)"),
         ((3, 4, 2), (3, 2), np.array([4.0, 4.0, 4.0]), TypeError,
-         r"seq_lengths: expected an integer dtype, got float64"),
+         r"seq_lengths must be integers, got dtype float64"),
         ((3, 4, 2), (3, 2), np.array([4, 5, 1], np.int32), ValueError,
-         r"seq_lengths: expected values in \[0, T\] = \[0, 4\], got min 1 and max 5"),
+         r"seq_lengths must lie in \[0, 4\] \(the number of time steps\), got values in \[1, 5\]"),
     ],
 )
 def test_mse_errors(preds_shape, targets_shape, lengths, error, pattern):
@@ -336,5 +336,5 @@ def test_cross_entropy_errors(labels, lengths, pattern):
 def test_validation_is_static_under_jit():
     rng = np.random.default_rng(9)
     preds, targets = mse_inputs(rng, (2, 3, 1), last_step=False)
-    with pytest.raises(ValueError, match=r"seq_lengths: expected shape \(B,\) = \(2,\)"):
+    with pytest.raises(ValueError, match=r"seq_lengths must have shape \(2,\)"):
         jax.jit(mse)(preds, targets, np.array([1, 2, 3], np.int32))
