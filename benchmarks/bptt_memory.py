@@ -98,7 +98,9 @@ def available_bytes() -> int | None:
     return None
 
 
-def time_interleaved(fns: dict[str, Any], *, budget_s: float, min_rounds: int, max_rounds: int) -> dict[str, Any]:
+def time_interleaved(
+    fns: dict[str, Any], *, budget_s: float, min_rounds: int, max_rounds: int
+) -> dict[str, Any]:
     """Median steady-state time of zero-argument callables, visited in rotated order each round.
 
     Short calls (< 0.2 s) are timed in blocks of several calls after one untimed call (which
@@ -128,7 +130,9 @@ def time_interleaved(fns: dict[str, Any], *, budget_s: float, min_rounds: int, m
     return {n: common.summarize(samples[n], block[n]) for n in names}
 
 
-def run_case(cell: str, T: int, H: int, B: int, D: int, peers, *, budget_s, min_rounds, max_rounds, log) -> dict:
+def run_case(
+    cell: str, T: int, H: int, B: int, D: int, peers, *, budget_s, min_rounds, max_rounds, log
+) -> dict:
     model, params, xs, targets = problem(cell, T, H, B, D)
     case: dict[str, Any] = {"cell": cell, "T": T, "H": H, "B": B, "D": D, "output_size": 1, "layers": 1}
     compiled, memory, compile_s = {}, {}, {}
@@ -153,7 +157,9 @@ def run_case(cell: str, T: int, H: int, B: int, D: int, peers, *, budget_s, min_
     need = max(m["peak_bytes"] for m in memory.values())
     avail = available_bytes()
     if avail is not None and need > 0.6 * avail:
-        case["timing_skipped"] = f"peak {need / 2**30:.1f} GiB > 60% of available memory {avail / 2**30:.1f} GiB"
+        case["timing_skipped"] = (
+            f"peak {need / 2**30:.1f} GiB > 60% of available memory {avail / 2**30:.1f} GiB"
+        )
         log(f"  {cell} T={T} H={H}: timing skipped ({case['timing_skipped']})")
         return case
     fns = {p: (lambda c=compiled[p]: jax.block_until_ready(c(params, xs, targets))) for p in peers}
@@ -164,10 +170,10 @@ def run_case(cell: str, T: int, H: int, B: int, D: int, peers, *, budget_s, min_
         case["paired_time_ratio"] = {
             p: float(np.median(np.asarray(times[p]["samples_s"]) / base)) for p in peers if p != BASELINE
         }
-    log(
-        f"  {cell} T={T} H={H}: "
-        + ", ".join(f"{p} {common.fmt_time(times[p]['median_s'])} {memory[p]['peak_bytes'] / 2**20:.0f} MiB" for p in peers)
+    summary = ", ".join(
+        f"{p} {common.fmt_time(times[p]['median_s'])} {mib(memory[p]['peak_bytes'])} MiB" for p in peers
     )
+    log(f"  {cell} T={T} H={H}: {summary}")
     return case
 
 
@@ -175,7 +181,7 @@ def ratios(case: dict, peer: str) -> dict[str, float | None]:
     mem, base_mem = case["memory"].get(peer), case["memory"].get(BASELINE)
     out = {
         "peak": mem["peak_bytes"] / base_mem["peak_bytes"] if mem and base_mem else None,
-        "temp": mem["temp_bytes"] / base_mem["temp_bytes"] if mem and base_mem and base_mem["temp_bytes"] else None,
+        "temp": mem["temp_bytes"] / base_mem["temp_bytes"] if mem and base_mem["temp_bytes"] else None,
         "time": None,
         "paired_time": None,
     }

@@ -42,7 +42,16 @@ import jax.numpy as jnp
 
 from jrnn.bptt.common import batch_sum, entering, outer_sum, tree_where, tree_zeros_like, valid_steps
 from jrnn.bptt.steps import ACTIVATION_SLOPES
-from jrnn.cells import ACTIVATIONS, GRUCell, GRUParams, LSTMCarry, LSTMCell, LSTMParams, VanillaCell, VanillaParams
+from jrnn.cells import (
+    ACTIVATIONS,
+    GRUCell,
+    GRUParams,
+    LSTMCarry,
+    LSTMCell,
+    LSTMParams,
+    VanillaCell,
+    VanillaParams,
+)
 
 Array = jax.Array
 
@@ -97,19 +106,62 @@ def _steps(T, valid, reverse):
 # Forward
 
 
-def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep="reserve"):
+def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep="reserve", remat_chunk=None):
     """Run one layer; return ``(carry_T, ys, residuals)``.
 
     ``keep`` is ``"reserve"`` (gate activations and carries, for ``backward``), ``"carries"``
     (carries only; the backward recomputes) or ``"none"`` (inference: ``residuals`` is None).
+    With ``"carries"`` the input projection is done chunk by chunk too (``remat_chunk`` steps,
+    as in ``backward``), so that no ``(T, B, G)`` array exists at any point.
     """
     T = xs.shape[0]
     valid = valid_steps(lengths, T)
+    run = _FORWARD[type(cell)]
+    if keep == "carries" and type(cell) in _RECOMPUTED:
+        size = _chunk_size(remat_chunk, T, xs.shape[1], cell.gate_size)
+        carry_T, states = _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, run)
+        return carry_T, cell.output(states), Residuals(states, None)
     t, m, _ = _steps(T, valid, reverse)
-    carry_T, ys, states, reserve = _FORWARD[type(cell)](cell, params, xs, carry0, t, m, reverse, unroll)
+    carry_T, ys, states, reserve = run(cell, params, xs, carry0, t, m, reverse, unroll)
     if keep == "none":
         return carry_T, ys, None
     return carry_T, ys, Residuals(states, reserve if keep == "reserve" else None)
+
+
+def _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, run):
+    """``run`` over chunks of ``size`` steps; the per-step carries go into ``(T, B, H)`` buffers."""
+    T, B = xs.shape[:2]
+    count, rest = divmod(T, size)
+    zeros = jnp.zeros((T, B, cell.hidden_size), xs.dtype)
+    states = jax.tree_util.tree_map(lambda _: zeros, carry0)
+
+    def chunk(s, n, acc):
+        carry, states = acc
+        sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
+        carry, _, part, _ = run(cell, params, sl(xs), carry, jnp.arange(n), sl(valid), reverse, unroll)
+        put = lambda buf, p: jax.lax.dynamic_update_slice_in_dim(buf, p, s, axis=0)  # noqa: E731
+        return carry, jax.tree_util.tree_map(put, states, part)
+
+    return _over_chunks(chunk, (carry0, states), T, size, count, rest, first_to_last=not reverse)
+
+
+def _over_chunks(chunk, acc, T, size, count, rest, *, first_to_last):
+    """Apply ``chunk(start, steps, acc)`` to ``[0, size), [size, 2·size), ...`` and the partial
+    ``[count·size, T)``, in increasing or decreasing order."""
+    def full(acc):
+        if not count:
+            return acc
+        starts = jnp.arange(count) * size
+        step = lambda acc, s: (chunk(s, size, acc), None)  # noqa: E731
+        acc, _ = jax.lax.scan(step, acc, starts, reverse=not first_to_last)
+        return acc
+
+    if rest and not first_to_last:
+        acc = chunk(count * size, rest, acc)
+    acc = full(acc)
+    if rest and first_to_last:
+        acc = chunk(count * size, rest, acc)
+    return acc
 
 
 def _vanilla_forward(cell, params, xs, h0, t, m, reverse, unroll):
@@ -143,7 +195,8 @@ def _lstm_forward(cell, params, xs, carry0, t, m, reverse, unroll):
         return (carry, buf, xw_next), out
 
     first = _row(buf, xs.shape[0] - 1 if reverse else 0, keepdims=False)
-    (carry_T, buf, _), states = jax.lax.scan(step, (carry0, buf, first), (t, m), reverse=reverse, unroll=unroll)
+    state0 = (carry0, buf, first)
+    (carry_T, buf, _), states = jax.lax.scan(step, state0, (t, m), reverse=reverse, unroll=unroll)
     return carry_T, states.h, states, buf
 
 
@@ -181,12 +234,20 @@ _FORWARD = {VanillaCell: _vanilla_forward, LSTMCell: _lstm_forward, GRUCell: _gr
 
 REMAT_CHUNK_ELEMENTS = 1 << 20
 """Under ``remat`` the backward recomputes the gate activations chunk by chunk; a chunk holds
-about this many ``(steps, B, G)`` elements (4 MiB in float32), enough for efficient GEMMs."""
+at most about this many ``(steps, B, G)`` elements (4 MiB in float32), enough for efficient
+GEMMs, and at most an eighth of the sequence, so that a few chunks' temporaries stay well
+below the reserve they replace."""
 
 
 def remat_chunk_steps(num_steps: int, batch: int, gate_size: int) -> int:
-    """Steps per recomputed chunk: ``REMAT_CHUNK_ELEMENTS / (B·G)``, at least 1, at most T."""
-    return max(1, min(num_steps, REMAT_CHUNK_ELEMENTS // max(1, batch * gate_size)))
+    """Steps per recomputed chunk: ``min(REMAT_CHUNK_ELEMENTS / (B·G), ⌈T / 8⌉)``, at least 1."""
+    by_size = REMAT_CHUNK_ELEMENTS // max(1, batch * gate_size)
+    return max(1, min(by_size, -(-num_steps // 8)))
+
+
+def _chunk_size(requested, num_steps, batch, gate_size) -> int:
+    size = requested or remat_chunk_steps(num_steps, batch, gate_size)
+    return max(1, min(int(size), num_steps))
 
 
 def _start(cell, d_carry, d_y_t, m_t):
@@ -255,7 +316,8 @@ def backward(
         false = jnp.zeros_like(valid[:1])
         before = jnp.concatenate([valid[1:], false]) if reverse else jnp.concatenate([false, valid[:-1]])
     cuts = None if cuts is None else jnp.asarray(cuts)
-    loop, gradients, recompute = _CELLS[type(cell)]
+    loop, gradients = _CELLS[type(cell)]
+    recompute = _RECOMPUTED.get(type(cell))
     states, reserve = residuals
     if reserve is not None or recompute is None:
         # the whole sequence as one segment; the h entering each step is materialized for the
@@ -267,19 +329,17 @@ def backward(
         d_params, d_xs = gradients(cell, params, seg, d_pre, need_d_xs)
         return d_params, d_xs, d_carry0
 
-    B, G = xs.shape[1], cell.gate_size
-    size = remat_chunk or remat_chunk_steps(T, B, G)
-    size = max(1, min(int(size), T))
+    size = _chunk_size(remat_chunk, T, xs.shape[1], cell.gate_size)
     count, rest = divmod(T, size)
 
     def chunk(s, n, acc):
         """Recompute and run steps ``[s, s + n)``, adding their gradients to ``acc``."""
         d_carry, d_params, d_xs = acc
         sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
-        prev = jax.tree_util.tree_map(lambda st, c0: _entering_rows(st, c0, s, n, before, reverse), states, carry0)
-        seg = _Segment(
-            sl(xs), sl(d_ys), sl(valid), sl(before), sl(cuts), jax.tree_util.tree_map(sl, states), prev, carry0
-        )
+        entering_rows = lambda st, c0: _entering_rows(st, c0, s, n, before, reverse)  # noqa: E731
+        prev = jax.tree_util.tree_map(entering_rows, states, carry0)
+        part = jax.tree_util.tree_map(sl, states)
+        seg = _Segment(sl(xs), sl(d_ys), sl(valid), sl(before), sl(cuts), part, prev, carry0)
         d_carry, d_pre = loop(cell, params, seg, recompute(cell, params, seg), d_carry, reverse, unroll)
         d_params_c, d_xs_c = gradients(cell, params, seg, d_pre, need_d_xs)
         d_params = jax.tree_util.tree_map(jnp.add, d_params, d_params_c)
@@ -289,15 +349,8 @@ def backward(
 
     d_xs = jnp.zeros_like(xs) if need_d_xs else None
     acc = (d_carry_T, tree_zeros_like(params), d_xs)
-    # the loop runs against the forward: a forward layer's backward starts with the last steps
-    # (the partial chunk [count·size, T) first), a reverse layer's with the first ones
-    if rest and not reverse:
-        acc = chunk(count * size, rest, acc)
-    if count:
-        starts = jnp.arange(count) * size
-        acc, _ = jax.lax.scan(lambda acc, s: (chunk(s, size, acc), None), acc, starts, reverse=not reverse)
-    if rest and reverse:
-        acc = chunk(count * size, rest, acc)
+    # against the forward: a forward layer's backward starts with the last chunk
+    acc = _over_chunks(chunk, acc, T, size, count, rest, first_to_last=reverse)
     d_carry0, d_params, d_xs = acc
     return d_params, d_xs, d_carry0
 
@@ -341,7 +394,8 @@ def _vanilla_loop(cell, params, seg, reserve, d_h_T, reverse, unroll):
         d_h_tm1 = d_a @ params.w_h.T  # a = xp + h_tm1 @ w_h
         return _finish(d_h, d_h_tm1, m_t, cut_t), d_a
 
-    return jax.lax.scan(step, d_h_T, (seg.states, seg.d_ys, seg.valid, seg.cuts), reverse=not reverse, unroll=unroll)
+    inputs = (seg.states, seg.d_ys, seg.valid, seg.cuts)
+    return jax.lax.scan(step, d_h_T, inputs, reverse=not reverse, unroll=unroll)
 
 
 def _vanilla_gradients(cell, params, seg, d_a, need_d_xs):
@@ -400,7 +454,8 @@ def _lstm_loop(cell, params, seg, buf, d_carry_T, reverse, unroll):
 
     first = _row(buf, 0 if reverse else n - 1, keepdims=False)
     inputs = (jnp.arange(n), seg.valid, seg.before, seg.cuts, seg.d_ys)
-    (d_carry0, d_a, _), _ = jax.lax.scan(step, (d_carry_T, buf, first), inputs, reverse=not reverse, unroll=unroll)
+    state0 = (d_carry_T, buf, first)
+    (d_carry0, d_a, _), _ = jax.lax.scan(step, state0, inputs, reverse=not reverse, unroll=unroll)
     return d_carry0, d_a
 
 
@@ -447,7 +502,8 @@ def _gru_loop(cell, params, seg, reserve, d_h_T, reverse, unroll):
 
     first = _rows(reserve, 0 if reverse else n_steps - 1)
     inputs = (jnp.arange(n_steps), seg.valid, seg.cuts, seg.d_ys, seg.prev)
-    (d_h0, d_pre, _), _ = jax.lax.scan(step, (d_h_T, reserve, first), inputs, reverse=not reverse, unroll=unroll)
+    state0 = (d_h_T, reserve, first)
+    (d_h0, d_pre, _), _ = jax.lax.scan(step, state0, inputs, reverse=not reverse, unroll=unroll)
     return d_h0, d_pre
 
 
@@ -465,8 +521,11 @@ def _gru_gradients(cell, params, seg, d_pre, need_d_xs):
 
 
 _CELLS = {
-    VanillaCell: (_vanilla_loop, _vanilla_gradients, None),
-    LSTMCell: (_lstm_loop, _lstm_gradients, _lstm_recompute),
-    GRUCell: (_gru_loop, _gru_gradients, _gru_recompute),
+    VanillaCell: (_vanilla_loop, _vanilla_gradients),
+    LSTMCell: (_lstm_loop, _lstm_gradients),
+    GRUCell: (_gru_loop, _gru_gradients),
 }
-"""``cell type -> (loop, gradients, recompute)``; the vanilla cell has nothing to recompute."""
+"""``cell type -> (loop, gradients)``: the reverse loop over a segment, the GEMMs after it."""
+
+_RECOMPUTED = {LSTMCell: _lstm_recompute, GRUCell: _gru_recompute}
+"""``cell type -> recompute``: the gate activations of a segment (the vanilla cell has none)."""

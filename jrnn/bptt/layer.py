@@ -23,7 +23,9 @@ def _cast(tree, dtype):
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
 
 
-def layer_vjp(cell, params, xs, carry0, lengths, d_ys, d_carry_T, *, reverse=False, truncation=None, form="fast", unroll=1):
+def layer_vjp(
+    cell, params, xs, carry0, lengths, d_ys, d_carry_T, *, reverse=False, truncation=None, form="fast"
+):
     """Time-major, validated: forward then backward of one layer; ``(d_params, d_xs, d_carry0)``.
 
     Computes in the compute dtype of ``xs`` and ``params``; the cotangents come back in the
@@ -37,10 +39,10 @@ def layer_vjp(cell, params, xs, carry0, lengths, d_ys, d_carry_T, *, reverse=Fal
             cell, p, x, c0, lengths, d_ys, d_carry_T, reverse=reverse, truncation=truncation
         )
     else:
-        _, _, residuals = fast.forward(cell, p, x, c0, lengths, reverse=reverse, unroll=unroll)
+        _, _, residuals = fast.forward(cell, p, x, c0, lengths, reverse=reverse)
         cuts = truncation_cuts(xs.shape[0], truncation, reverse)
         d_params, d_xs, d_carry0 = fast.backward(
-            cell, p, x, c0, lengths, residuals, d_ys, d_carry_T, reverse=reverse, unroll=unroll, cuts=cuts
+            cell, p, x, c0, lengths, residuals, d_ys, d_carry_T, reverse=reverse, cuts=cuts
         )
     return tree_cast_like(d_params, params), d_xs.astype(xs.dtype), tree_cast_like(d_carry0, carry0)
 
@@ -108,7 +110,8 @@ def unroll_vjp(
     if d_ys is None:
         d_ys = jnp.zeros(ys_shape, dtype)
     elif getattr(d_ys, "shape", None) is None or tuple(d_ys.shape) != ys_shape:
-        raise ValueError(f"d_ys must have the shape of ys, {layout} = {ys_shape}, got {getattr(d_ys, 'shape', None)}")
+        got = getattr(d_ys, "shape", None)
+        raise ValueError(f"d_ys must have the shape of ys, {layout} = {ys_shape}, got {got}")
     if not batched:
         d_ys = d_ys[:, None, :]
         carry, d_carry_T = jax.tree_util.tree_map(lambda a: a[None], (carry, d_carry_T))
@@ -131,13 +134,14 @@ def unroll_vjp(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
 def _scan_layer(cell, params, xs, carry, lengths, reverse, unroll, remat):
-    carry_T, ys, _ = fast.forward(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep="none")
+    kw = dict(reverse=reverse, unroll=unroll, keep="none")
+    carry_T, ys, _ = fast.forward(cell, params, xs, carry, lengths, **kw)
     return carry_T, ys
 
 
 def _scan_layer_fwd(cell, params, xs, carry, lengths, reverse, unroll, remat):
-    keep = "carries" if remat else "reserve"
-    carry_T, ys, kept = fast.forward(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep=keep)
+    kw = dict(reverse=reverse, unroll=unroll, keep="carries" if remat else "reserve")
+    carry_T, ys, kept = fast.forward(cell, params, xs, carry, lengths, **kw)
     return (carry_T, ys), (params, xs, carry, lengths, kept)
 
 
@@ -165,7 +169,8 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     """
     dtype = compute_dtype(xs, params)
     params = _cast(params, dtype) if _needs_cast(params, dtype) else params
-    return _scan_layer(cell, params, xs.astype(dtype), carry, lengths, bool(reverse), int(unroll), bool(remat))
+    xs = xs.astype(dtype)
+    return _scan_layer(cell, params, xs, carry, lengths, bool(reverse), int(unroll), bool(remat))
 
 
 def _needs_cast(params, dtype) -> bool:

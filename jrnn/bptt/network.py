@@ -14,7 +14,14 @@ import jax.numpy as jnp
 
 from jrnn import losses
 from jrnn.bptt import fast
-from jrnn.bptt.common import batch_sum, check_truncation, outer_sum, tree_cast_like, truncation_cuts, valid_steps
+from jrnn.bptt.common import (
+    batch_sum,
+    check_truncation,
+    outer_sum,
+    tree_cast_like,
+    truncation_cuts,
+    valid_steps,
+)
 from jrnn.network import RNN, NetworkParams, Readout
 from jrnn.unroll import check_seq_lengths, check_sequence, compute_dtype
 
@@ -84,7 +91,10 @@ def value_and_grad(
     cell, bidirectional = model.cell, model.bidirectional
     first = params.layers[0][0] if bidirectional else params.layers[0]
     dtype = compute_dtype(xs, first)
-    carries = model.initial_carries((B,), dtype) if carries is None else model.check_carries(carries, (B,), dtype)
+    if carries is None:
+        carries = model.initial_carries((B,), dtype)
+    else:
+        carries = model.check_carries(carries, (B,), dtype)
     p = _cast(params, dtype)
     scales = dropout_scales(model, dropout_key, B, dtype)
     num_dirs = model.num_directions

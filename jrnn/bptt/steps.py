@@ -30,7 +30,16 @@ from jrnn.bptt.common import (
     truncation_cuts,
     valid_steps,
 )
-from jrnn.cells import ACTIVATIONS, GRUCell, GRUParams, LSTMCarry, LSTMCell, LSTMParams, VanillaCell, VanillaParams
+from jrnn.cells import (
+    ACTIVATIONS,
+    GRUCell,
+    GRUParams,
+    LSTMCarry,
+    LSTMCell,
+    LSTMParams,
+    VanillaCell,
+    VanillaParams,
+)
 
 Array = jax.Array
 
@@ -217,7 +226,6 @@ def layer_vjp(cell, params, xs, carry0, lengths, d_ys, d_carry_T, *, reverse=Fal
         return (d_carry_tm1, d_params), d_x_t
 
     acc0 = (d_carry_T, tree_zeros_like(params))
-    (d_carry0, d_params), d_xs = jax.lax.scan(
-        back_step, acc0, (caches, d_ys, valid, None if cuts is None else jnp.asarray(cuts)), reverse=not reverse
-    )
+    inputs = (caches, d_ys, valid, None if cuts is None else jnp.asarray(cuts))
+    (d_carry0, d_params), d_xs = jax.lax.scan(back_step, acc0, inputs, reverse=not reverse)
     return tree_cast_like(d_params, params), d_xs, d_carry0
