@@ -27,6 +27,7 @@ neighbour slows them alike, and ratios are also given as the median of per-round
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -251,6 +252,22 @@ def to_markdown(result: dict) -> str:
         row += [common.fmt_ratio(ratios(c, "bptt")["temp"])] if "bptt" in peers else []
         rows.append(row)
     lines += [common.markdown_table(header, rows), ""]
+    lines += [
+        "## Temp memory in units of one (T, B, H) float32 array",
+        "",
+        "What each program keeps per step, read off the scratch size: the hand LSTM backward keeps "
+        "the gate activations (4, written over the input projection), the carries h and c (2), "
+        "h_{t-1} for the d_w_h GEMM (1) and the incoming d_ys (1), plus the time-major copy of xs "
+        "that `RNN.apply` makes (D = H here: 1); with remat, the carries and a few chunks.",
+        "",
+    ]
+    header = ["cell", "T", "H"] + list(peers)
+    rows = []
+    for c in cases:
+        unit = c["T"] * c["B"] * c["H"] * 4
+        units = [f"{c['memory'][p]['temp_bytes'] / unit:.1f}" for p in peers]
+        rows.append([c["cell"], c["T"], c["H"], *units])
+    lines += [common.markdown_table(header, rows), ""]
     lines += ["## Time per gradient, and ratio to autodiff (median of per-round ratios)", ""]
     header = ["cell", "T", "H"] + [f"{p}" for p in peers] + [f"{p} / autodiff" for p in others]
     rows = []
@@ -332,7 +349,13 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--budget", type=float, default=30.0, help="seconds of timing per case (soft)")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
+    parser.add_argument("--render", action="store_true", help="rewrite OUT/bptt_memory.md from its JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / "bptt_memory.json").read_text())
+        (args.out / "bptt_memory.md").write_text(to_markdown(result).rstrip() + "\n")
+        print(to_markdown(result))
+        return 0
     peers = [p for p in args.peers.split(",") if p]
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:

@@ -11,15 +11,21 @@ Two forms of the same maths:
   ``step_backward`` mirrors it line by line, returning ``d_x, d_carry_tm1, d_params`` per step,
   summed over time by a per-step layer loop (the form of min-char-rnn);
 - the *fast* form (``jrnn.bptt.fast``): input projections of all steps as one GEMM, a reverse
-  loop that carries only ``d_carry`` and emits pre-activation gradients, and the weight and
-  input gradients as single GEMMs over time after the loop. It stores only the per-step carries.
+  loop that carries ``d_carry`` and writes each step's pre-activation gradients, and the weight
+  and input gradients as single GEMMs over time after the loop. Between forward and backward it
+  keeps the gate activations (written in place over the input projection) and the per-step
+  carries; with ``remat`` only the carries, recomputing the activations chunk by chunk.
+
+``unroll_vjp(..., form="reference")`` runs the per-step form; both give the same numbers.
 
 Public entry points::
 
     d_params, d_xs, d_carry0 = unroll_vjp(cell, params, xs, carry, d_ys, d_carry_T, *,
                                           seq_lengths=None, reverse=False, truncation=None)
     loss, grads = value_and_grad(model, params, xs, targets, *, loss="mse", seq_lengths=None,
-                                 truncation=None, dropout_key=None)
+                                 truncation=None, dropout_key=None, carries=None)
+    carry_T, ys = scan_layer(cell, params, xs, carry, lengths, *, reverse, unroll, remat)
+        # time-major; what jrnn.unroll and RNN.apply call with backward="bptt"
 
 ``truncation=k`` cuts the gradient through every layer's carry between positions ``jk - 1`` and
 ``jk`` (``truncation_cuts``), in forward and reverse layers alike.
@@ -33,8 +39,8 @@ from jrnn.bptt.steps import ACTIVATION_SLOPES, STEPS, step_backward, step_forwar
 
 __all__ = [
     "ACTIVATION_SLOPES",
-    "Residuals",
     "FORMS",
+    "Residuals",
     "STEPS",
     "scan_layer",
     "step_backward",
