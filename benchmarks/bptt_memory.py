@@ -299,9 +299,15 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+QUICK = dict(Ts=(20,), Hs=(8,), B=4, budget_s=0.5, min_rounds=2, max_rounds=3)
+"""``--quick``: tiny sizes, seconds; a smoke test of the script, not a measurement."""
+
+
 def run(
     out_dir: Path,
     *,
+    quick: bool = False,
+    show_progress: bool = True,
     cells=("lstm", "gru"),
     Ts=(100, 1000, 10000),
     Hs=(64, 256),
@@ -310,8 +316,22 @@ def run(
     budget_s: float = 30.0,
     min_rounds: int = 3,
     max_rounds: int = 15,
-    log=print,
+    log=None,
 ) -> dict[str, Any]:
+    """Measure every (T, H, cell) case and write ``bptt_memory.json`` / ``.md`` under ``out_dir``.
+
+    The keyword-only ``quick`` and ``show_progress`` match the other scripts of the suite
+    (``jrnn bench``); ``quick`` replaces the sizes by ``QUICK``.
+    """
+    if quick:
+        Ts, Hs, B = QUICK["Ts"], QUICK["Hs"], QUICK["B"]
+        budget_s, min_rounds, max_rounds = QUICK["budget_s"], QUICK["min_rounds"], QUICK["max_rounds"]
+    if log is None:
+
+        def log(msg: str) -> None:
+            if show_progress:
+                print(msg, file=sys.stderr, flush=True)
+
     env = common.environment()
     cases = []
     for T in Ts:
@@ -363,12 +383,8 @@ def main(argv=None) -> int:
     if BASELINE not in peers:
         peers.insert(0, BASELINE)
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
-    if args.quick:
-        kw = dict(Ts=(20,), Hs=(8,), B=4, budget_s=0.5, min_rounds=2, max_rounds=3)
-    else:
-        kw = dict(Ts=ints(args.T), Hs=ints(args.H), B=args.B, budget_s=args.budget)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    result = run(args.out, cells=tuple(args.cells.split(",")), peers=tuple(peers), log=log, **kw)
+    sizes = dict(Ts=ints(args.T), Hs=ints(args.H), B=args.B, budget_s=args.budget)
+    result = run(args.out, quick=args.quick, cells=tuple(args.cells.split(",")), peers=tuple(peers), **sizes)
     print(to_markdown(result))
     return 0
 
