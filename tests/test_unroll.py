@@ -145,3 +145,35 @@ def test_hoisted_projection_single_matmul_with_w_x():
     dots = [e for e in body.eqns if e.primitive.name == "dot_general"]
     assert len(dots) == 1  # only h @ w_h
     assert dots[0].invars[1].aval.shape == (4, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Both input-projection paths of scan_autodiff (hoisted before the loop, or inside it past
+# HOIST_MAX_BYTES) give the same numbers
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_projection_inside_the_loop_matches_hoisted(kind, reverse, monkeypatch):
+    import importlib
+
+    unroll_module = importlib.import_module("jrnn.unroll")
+    cell = jrnn.make_cell(kind, 5)
+    params = randomize(cell.init(jax.random.PRNGKey(0), 3, dtype=jnp.float64), jax.random.PRNGKey(2))
+    xs = jnp.asarray(np.random.default_rng(1).standard_normal((4, 9, 3)))
+    lengths = jnp.asarray([9, 0, 4, 7])
+
+    def loss(p, xs):
+        carry, ys = jrnn.unroll(cell, p, xs, seq_lengths=lengths, reverse=reverse)
+        return jnp.sum(ys**2) + sum(jnp.sum(c**2) for c in jax.tree_util.tree_leaves(carry))
+
+    hoisted_dot = f"f64[9,4,{cell.gate_size}] = dot_general"  # (T, B, D) @ (D, G) before the loop
+    assert hoisted_dot in str(jax.make_jaxpr(loss)(params, xs))
+    hoisted = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)
+    monkeypatch.setattr(unroll_module, "HOIST_MAX_BYTES", 0)
+    jax.clear_caches()
+    assert hoisted_dot not in str(jax.make_jaxpr(loss)(params, xs))
+    inside = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)
+    jax.clear_caches()
+    for a, b in zip(jax.tree_util.tree_leaves(inside), jax.tree_util.tree_leaves(hoisted), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
