@@ -611,3 +611,30 @@ def test_errors_name_the_argument():
         bptt.value_and_grad(model, p, xs[0], targets)
     with pytest.raises(ValueError, match="truncation"):
         bptt.value_and_grad(model, p, xs, targets, truncation=-2)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "tanh"])
+def test_public_remat_gives_autodiffs_gradients(kind):
+    """``remat=True`` on ``unroll_vjp`` and ``value_and_grad`` (carries kept, gate activations
+    recomputed chunk by chunk): autodiff's numbers, with lengths, reverse and truncation."""
+    cell, params, xs, carry, d_ys, d_carry_T = layer_setup(kind, B=3, T=9, D=2, H=4, seed=31)
+    lengths = jnp.array([9, 5, 0], jnp.int32)
+    for reverse, truncation in ((False, None), (True, 4)):
+        f = lambda p, x, c: stop_gradient_unroll(cell, p, x, c, lengths, truncation or 9, reverse)  # noqa: E731
+        want = jax.vjp(f, params, xs, carry)[1]((d_carry_T, d_ys))
+        kw = dict(seq_lengths=lengths, reverse=reverse, truncation=truncation, remat=True)
+        got = jax.jit(lambda *a: bptt.unroll_vjp(cell, *a, **kw))(params, xs, carry, d_ys, d_carry_T)
+        assert rel_err(got, want) < 1e-10
+
+    model = jrnn.RNN(CELLS[kind](4), num_layers=2, bidirectional=True, output_size=2)
+    params = randomize(model.init(jax.random.PRNGKey(5), 2, F64), jax.random.PRNGKey(6))
+    xs = jax.random.normal(jax.random.PRNGKey(7), (3, 9, 2), F64)
+    targets = jax.random.normal(jax.random.PRNGKey(8), (3, 9, 2), F64)
+
+    def autodiff_loss(params):
+        return losses.mse(model.apply(params, xs, seq_lengths=lengths)[0], targets, lengths)
+
+    want_loss, want = jax.value_and_grad(autodiff_loss)(params)
+    got_loss, got = bptt.value_and_grad(model, params, xs, targets, seq_lengths=lengths, remat=True)
+    assert abs(float(got_loss - want_loss)) <= 1e-12 * abs(float(want_loss))
+    assert rel_err(got, want) < 1e-10

@@ -21,9 +21,10 @@ Two forms of the same maths:
 Public entry points::
 
     d_params, d_xs, d_carry0 = unroll_vjp(cell, params, xs, carry, d_ys, d_carry_T, *,
-                                          seq_lengths=None, reverse=False, truncation=None)
+                                          seq_lengths=None, reverse=False, truncation=None,
+                                          time_major=False, form="fast", remat=False)
     loss, grads = value_and_grad(model, params, xs, targets, *, loss="mse", seq_lengths=None,
-                                 truncation=None, dropout_key=None, carries=None)
+                                 truncation=None, dropout_key=None, carries=None, remat=False)
     carry_T, ys = scan_layer(cell, params, xs, carry, lengths, *, reverse, unroll, remat)
         # time-major; what jrnn.unroll and RNN.apply call with backward="bptt"
 

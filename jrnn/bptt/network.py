@@ -57,6 +57,7 @@ def value_and_grad(
     truncation: int | None = None,
     dropout_key=None,
     carries=None,
+    remat: bool = False,
 ):
     """The loss of ``model.apply(params, xs, carries, seq_lengths=..., dropout_key=...)`` against
     ``targets``, and its gradient with respect to ``params``, by hand-written BPTT.
@@ -75,6 +76,8 @@ def value_and_grad(
         directions) between positions ``jk - 1`` and ``jk``; the state still flows forward.
       dropout_key: a ``jax.random`` key for ``model.dropout`` (the same masks as ``apply``).
       carries: initial carries as for ``apply`` (zeros when None).
+      remat: keep only the per-step carries of every layer and recompute the gate activations
+        chunk by chunk in the backward (``jrnn.bptt.fast``).
 
     Returns:
       ``(loss, grads)``, ``grads`` a ``NetworkParams`` structured like ``params``.
@@ -108,8 +111,9 @@ def value_and_grad(
         c0s = carries[layer] if bidirectional else (carries[layer],)
         layer_inputs.append(h)
         kept_dirs, outs = [], []
+        keep = "carries" if remat else "reserve"
         for d in range(num_dirs):
-            _, ys, kept = fast.forward(cell, dirs[d], h, c0s[d], lengths, reverse=(d == 1))
+            _, ys, kept = fast.forward(cell, dirs[d], h, c0s[d], lengths, reverse=(d == 1), keep=keep)
             kept_dirs.append(kept)
             outs.append(ys)
         layer_kept.append(kept_dirs)
