@@ -90,9 +90,8 @@ def environment() -> dict[str, Any]:
 def device_line(env: dict[str, Any]) -> str:
     """One line for a table header: what ran where."""
     v = env["versions"]
-    tt = env.get("torch_threads")
     peers = ", ".join(f"{k} {v[k]}" for k in ("flax", "equinox", "torch", "numpy") if v.get(k))
-    threads = f"; torch threads {tt}" if tt else ""
+    threads = "; PyTorch and NumPy timed at 2 and at 1 thread" if env.get("torch_threads") else ""
     return (
         f"{env['cpu']} ({env['cpu_count']} cores), JAX {v['jax']} on {env['jax_backend']}; "
         f"{peers}{threads}; {env['date_utc']}"
