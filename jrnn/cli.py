@@ -364,8 +364,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--truncation", type=int, default=None,
         help="truncated BPTT: chunks of this many steps, the state carried across chunks, one "
              "update per chunk (default: full BPTT)")
-    add("--backward", choices=("autodiff", "bptt"), default="autodiff",
-        help="gradient: JAX autodiff or the hand-written BPTT of jrnn.bptt (default: autodiff)")
+    add("--backward", choices=("autodiff", "bptt"), default="bptt",
+        help="gradient: the hand-written BPTT of jrnn.bptt or JAX autodiff (default: bptt, the "
+             "same gradients, faster)")
     add("--checkpoint-dir", default=None,
         help="save orbax checkpoints here and resume from the latest one if present (default: none)")
     add("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")

@@ -178,7 +178,7 @@ def fit(
     steps: int,
     loss: str = "mse",
     truncation: int | None = None,
-    backward: str = "autodiff",
+    backward: str = "bptt",
     batch_size: int | None = None,
     eval_data: tuple | None = None,
     eval_every: int = 100,
@@ -203,7 +203,8 @@ def fit(
       loss: ``"mse"`` or ``"cross_entropy"``; the targets' rank picks every-step or last-step
         scoring (``jrnn.losses``).
       truncation: None, or ``k`` for truncated BPTT over chunks of ``k`` steps (``jrnn.train.step``).
-      backward: ``"autodiff"`` or ``"bptt"``.
+      backward: ``"bptt"`` (default, the hand-written backward) or ``"autodiff"``
+        (``make_train_step``).
       batch_size: minibatch size for tuple data (None: the whole set each step); must be None for
         callable data.
       eval_data: ``(xs, targets[, seq_lengths])`` scored every ``eval_every`` steps and at the end.
