@@ -17,6 +17,11 @@ Bars:
 * sine (the seed's next-step prediction, T=50): MSE ≤ 0.01, about 0.7% of the baseline of
   predicting the mean (the noise floor is 8.3e-4).
 
+Then the rows of the studies of notebooks 06 (memory horizon of RNN, IRNN, LSTM and GRU) and 07
+(the seeds' experiments: timing, sine, AAPL against AR(1), sunspots against AR(9)), redone with
+the notebooks' protocols by ``benchmarks.quality_studies`` (``--no-studies`` skips them; in full
+mode they take most of the time, about 40 minutes on 2 cores).
+
     python -m benchmarks.quality [--quick] [--out DIR]
 """
 
@@ -67,7 +72,7 @@ def task_data(name: str, spec: dict[str, Any]):
     raise ValueError(f"unknown task {name!r}")
 
 
-def train_task(name: str, spec: dict[str, Any], *, backward: str = "autodiff", seed: int = 0) -> dict[str, Any]:
+def train_task(name: str, spec: dict[str, Any], *, backward: str = "bptt", seed: int = 0) -> dict[str, Any]:
     import jax
 
     import jrnn
@@ -112,7 +117,9 @@ def train_task(name: str, spec: dict[str, Any], *, backward: str = "autodiff", s
     }
 
 
-def run(out_dir: Path, *, quick: bool = False, backwards=("autodiff",), show_progress: bool = True) -> dict[str, Any]:
+def run(
+    out_dir: Path, *, quick: bool = False, backwards=("bptt",), show_progress: bool = True, studies: bool = True
+) -> dict[str, Any]:
     missing = []
     try:
         import jrnn.tasks  # noqa: F401
@@ -131,6 +138,7 @@ def run(out_dir: Path, *, quick: bool = False, backwards=("autodiff",), show_pro
         "quick": quick,
         "missing": missing,
         "rows": [],
+        "studies": [],
     }
     if not missing:
         jobs = [(name, b) for name in TASKS for b in backwards]
@@ -142,6 +150,11 @@ def run(out_dir: Path, *, quick: bool = False, backwards=("autodiff",), show_pro
                 result["rows"].append(train_task(name, spec, backward=backward))
             except Exception as e:  # noqa: BLE001 - one task failing must not hide the others
                 result["rows"].append({"task": name, "backward": backward, "error": f"{type(e).__name__}: {e}"[:500]})
+        if studies:
+            from benchmarks import quality_studies
+
+            for study in common.progress(list(quality_studies.STUDIES), "studies", enabled=show_progress):
+                result["studies"].extend(quality_studies.run(quick, (study,)))
     common.write_outputs(out_dir, "quality", result, to_markdown(result), plot(result))
     return result
 
@@ -169,6 +182,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     out.append(common.markdown_table(
         ["task", "backward", "model / data", "chance baseline", "bar", "best held-out loss", "steps to bar",
          "time to bar", "bar from"], rows))
+    if result.get("studies"):
+        from benchmarks import quality_studies
+
+        out.append("\n## Studies (notebooks 06 and 07)\n")
+        if result["quick"]:
+            out.append("Quick mode: smoke-test sizes; the values mean nothing.\n")
+        out.append(quality_studies.to_markdown(result["studies"]))
     return "\n".join(out)
 
 
@@ -191,10 +211,12 @@ def plot(result: dict[str, Any]):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--backward", default="autodiff", help="comma-separated: autodiff,bptt")
+    parser.add_argument("--backward", default="bptt", help="comma-separated: bptt (the training default), autodiff")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
+    parser.add_argument("--no-studies", action="store_true", help="skip the studies of notebooks 06 and 07")
     args = parser.parse_args(argv)
-    print(to_markdown(run(args.out, quick=args.quick, backwards=tuple(args.backward.split(",")))))
+    result = run(args.out, quick=args.quick, backwards=tuple(args.backward.split(",")), studies=not args.no_studies)
+    print(to_markdown(result))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 
 Each benchmark answers one question (``BENCHMARKS``) and writes ``NAME.json`` (device, versions,
 shapes, every timing, ratios), ``NAME.md`` (tables) and ``NAME*.png`` (plots) under ``--out``; the
-runner adds ``summary.md`` (all tables, with the date, the device and the command) and
-``index.json`` (what ran, what failed). ``--quick`` runs tiny sizes in a few minutes at most: a
+runner adds ``summary.md`` (the tables of every benchmark in the folder, the latest run of each,
+with its date, device and command; ``--only`` refreshes some and keeps the others) and
+``index.json`` (what this run ran and what failed; ``runs``: the latest run of each). ``--quick`` runs tiny sizes in a few minutes at most: a
 smoke test, not a measurement. The suite lives in the source checkout (``benchmarks/`` next to
 the ``jrnn`` package); an installed wheel without it reports so.
 
@@ -104,15 +105,37 @@ def run(args: argparse.Namespace) -> int:
             status[name] = {"ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"[:1000]}
     env = common.environment()
     env["command"] = command
-    parts = [f"# jrnn benchmarks\n\n{common.device_line(env)}\n\nCommand: `{command}`"]
+    # --only updates its benchmarks and keeps the others' last results: the summary covers every
+    # benchmark in OUT, each table with its own date and command
+    index_path = out / "index.json"
+    runs = {}
+    if index_path.exists():
+        try:
+            runs = json.loads(index_path.read_text()).get("runs", {})
+        except (ValueError, AttributeError):
+            runs = {}
     for name in names:
+        runs[name] = {**status[name], "command": command, "date_utc": env.get("date_utc")}
+    for name in BENCHMARKS:  # results already in OUT from earlier runs
+        if name not in runs and (out / f"{name}.json").exists() and (out / f"{name}.md").exists():
+            try:
+                earlier = json.loads((out / f"{name}.json").read_text())
+                runs[name] = {"ok": True, "command": earlier.get("command"),
+                              "date_utc": earlier.get("environment", {}).get("date_utc")}
+            except ValueError:
+                pass
+    parts = [f"# jrnn benchmarks\n\n{common.device_line(env)}\n\nLast command: `{command}`"]
+    for name in BENCHMARKS:
+        if name not in runs:
+            continue
         md = out / f"{name}.md"
-        if status[name]["ok"] and md.exists():
+        if runs[name]["ok"] and md.exists():
             parts.append(md.read_text().strip())
         else:
-            parts.append(f"## {name}\n\nFailed: {status[name].get('error', 'no output')}")
+            parts.append(f"## {name}\n\nFailed: {runs[name].get('error', 'no output')}")
     (out / "summary.md").write_text("\n\n".join(parts) + "\n")
-    (out / "index.json").write_text(json.dumps({"command": command, "environment": env, "benchmarks": status}, indent=1) + "\n")
+    index = {"command": command, "environment": env, "benchmarks": status, "runs": runs}
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
     failed = [n for n, s in status.items() if not s["ok"]]
     print(f"jrnn bench: wrote {out}/summary.md" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

@@ -140,6 +140,20 @@ def test_runner_rejects_unknown_benchmarks(capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_only_refreshes_its_benchmarks_and_keeps_the_others(tmp_path):
+    """``--only gpu`` (skipped without a GPU, instant) rewrites gpu.* and the summary, which still
+    holds the tables of the benchmarks run earlier into the same folder."""
+    (tmp_path / "speed.json").write_text(json.dumps({"command": "jrnn bench --only speed", "environment": {"date_utc": "d"}}))
+    (tmp_path / "speed.md").write_text("## Speed\n\nan earlier table\n")
+    parser = bench.configure_parser(__import__("argparse").ArgumentParser())
+    assert bench.run(parser.parse_args(["--only", "gpu", "--out", str(tmp_path), "--no-progress"])) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "an earlier table" in summary and "## GPU" in summary
+    assert summary.index("## Speed") < summary.index("## GPU")  # in BENCHMARKS order
+    runs = json.loads((tmp_path / "index.json").read_text())["runs"]
+    assert runs["speed"]["command"] == "jrnn bench --only speed" and runs["gpu"]["ok"]
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_well_formed_results(tmp_path):
     out = tmp_path / "results"
@@ -182,5 +196,12 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
     assert set(scaling["fits"]) == {"T", "B", "H"}
     quality = json.loads((out / "quality.json").read_text())
     assert quality["missing"] or {r["task"] for r in quality["rows"]} == {"adding", "copy_memory", "timing", "sine"}
+    studies = quality["studies"]
+    assert not [r for r in studies if "error" in r], studies
+    assert {r["study"] for r in studies} == {"memory_horizon", "timing", "sine", "aapl", "sunspots"}
+    assert "## Studies (notebooks 06 and 07)" in (out / "quality.md").read_text()
+    sine_base = next(r for r in studies if r["study"] == "sine" and "baselines" in r and r["baselines"])["baselines"]
+    # the linear AR(10) fit sees through the noise far better than persistence or the mean
+    assert sine_base["noise_floor"] < sine_base["AR(10)"] < sine_base["persistence"] < sine_base["mean"]
     summary = (out / "summary.md").read_text()
     assert "Command: `jrnn bench --quick" in summary and "## Speed" in summary
