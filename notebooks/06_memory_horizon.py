@@ -75,7 +75,8 @@ print("small run" if SMALL else "full run", "| jax", jax.__version__, "|", jax.d
 # * **Training**: fresh random sequences at every step (batch 32), Adam with the gradient clipped
 #   to global norm 1 (`jrnn.optim.make_optimizer("adam", lr, clip_norm=1.0)`), full BPTT. The
 #   gradient comes from the hand-written backward pass (`backward="bptt"`), which gives the same
-#   gradients as `jax.grad` and was 2 to 10 times faster here at $T \ge 200$.
+#   gradients as `jax.grad` and, for one train step at $T$ = 200 and 400 (batch 32, 32 units),
+#   was 1.05x (GRU), 1.4x (LSTM) and 2x (tanh RNN) faster than autodiff on this CPU.
 # * **Step sizes**: each cell gets two, tried in order: $10^{-2}$, then $10^{-3}$ if the first
 #   does not solve the lag, for the tanh RNN, the LSTM and the GRU; $3 \cdot 10^{-4}$, then
 #   $10^{-4}$ for the IRNN, whose ReLU units with $W_h = I$ sit on the edge of instability (in
