@@ -12,7 +12,10 @@ Bars:
 * adding (T=100): MSE ≤ 0.01, Hochreiter & Schmidhuber (1997)'s stopping criterion (average
   training error below 0.01), against the baseline 1/6 of always predicting 1.
 * copy memory (lag 20, 8 symbols, copy length 10): cross-entropy ≤ 10% of the memoryless
-  baseline ``10 ln 8 / (T + 20)`` of Arjovsky, Shah & Bengio (2016).
+  baseline ``10 ln 8 / (T + 20)`` of Arjovsky, Shah & Bengio (2016). Trained with a GRU of 128
+  units: LSTMs of 64 and 128 units did not reach the bar in 1500 to 8000 steps (best held-out
+  loss 0.13 to 0.45 against the bar 0.052, Adam 3e-3 or 1e-2), a GRU of 64 units reached it
+  after 6100 steps, one of 128 after 1600 (2026-11-24, this CPU).
 * timing (the seed's task, T=100): MSE ≤ 10% of the best constant prediction's MSE.
 * sine (the seed's next-step prediction, T=50): MSE ≤ 0.01, about 0.7% of the baseline of
   predicting the mean (the noise floor is 8.3e-4).
@@ -39,7 +42,7 @@ from benchmarks import common
 TASKS = {
     "adding": dict(loss="mse", cell="lstm", hidden=64, batch=64, lr=3e-3, steps=3000, eval_every=100,
                    seq_len=100, bar_source="Hochreiter & Schmidhuber 1997: training MSE below 0.01"),
-    "copy_memory": dict(loss="cross_entropy", cell="lstm", hidden=64, batch=64, lr=1e-2, steps=1500, eval_every=50,
+    "copy_memory": dict(loss="cross_entropy", cell="gru", hidden=128, batch=64, lr=1e-2, steps=3000, eval_every=50,
                         lag=20, bar_source="10% of the memoryless baseline of Arjovsky et al. 2016"),
     "timing": dict(loss="mse", cell="lstm", hidden=32, batch=32, lr=1e-2, steps=1500, eval_every=50,
                    seq_len=100, bar_source="10% of the best constant prediction's MSE"),
