@@ -105,13 +105,13 @@ def value_and_grad(
 
     # ---- forward, keeping each layer's input and per-step carries
     h = jnp.swapaxes(xs.astype(dtype), 0, 1)  # (T, B, D)
+    keep = "carries" if remat else "reserve"
     layer_inputs, layer_kept = [], []
     for layer, p_l in enumerate(p.layers):
         dirs = p_l if bidirectional else (p_l,)
         c0s = carries[layer] if bidirectional else (carries[layer],)
         layer_inputs.append(h)
         kept_dirs, outs = [], []
-        keep = "carries" if remat else "reserve"
         for d in range(num_dirs):
             _, ys, kept = fast.forward(cell, dirs[d], h, c0s[d], lengths, reverse=(d == 1), keep=keep)
             kept_dirs.append(kept)
