@@ -4,7 +4,12 @@ Functional cells (``VanillaCell``, ``LSTMCell``, ``GRUCell``) over parameter Nam
 with ``jax.lax.scan`` (``unroll``), stacked and bidirectional networks (``RNN``), a hand-written
 backpropagation through time (``jrnn.bptt``), training with optax (``jrnn.optim``, ``jrnn.train``)
 and gradient-flow diagnostics (``jrnn.diagnostics``).
+
+``import jrnn`` gives every public submodule. The light ones are imported here; ``jrnn.nnx``
+(Flax NNX) and ``jrnn.interop`` load on first use.
 """
+
+import importlib
 
 from jrnn.cells import (
     Cell,
@@ -20,11 +25,22 @@ from jrnn.cells import (
 from jrnn.network import RNN, NetworkParams, Readout
 from jrnn.unroll import unroll
 
-# Submodules, so that ``import jrnn`` is enough for ``jrnn.optim.make_optimizer`` and friends.
-# Optional peers (torch, statsmodels, ...) are imported only when a function needs them.
-from jrnn import datasets, diagnostics, interop, losses, nnx, optim, tasks, train  # noqa: E402
+from jrnn import bptt, datasets, diagnostics, losses, optim, scan, tasks, train  # noqa: E402
 
 __version__ = "0.1.0"
+
+_LAZY = ("interop", "nnx")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"jrnn.{name}")
+    raise AttributeError(f"module 'jrnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Cell",

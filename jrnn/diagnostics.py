@@ -35,17 +35,12 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jrnn.cells import Cell, GRUCell, LSTMCarry, LSTMCell, VanillaCell
+from jrnn._checks import check_choice, check_int, check_seq_lengths, check_sequence, fail
+from jrnn.cells import Cell, cell_types, check_cell
 from jrnn.losses import get_loss
-from jrnn.network import RNN
-from jrnn.unroll import (
-    check_cell,
-    check_seq_lengths,
-    check_sequence,
-    compute_dtype,
-    prepare_carry,
-    step_mask,
-)
+from jrnn.network import RNN, readout, stack
+from jrnn.scan import compute_dtype, step_mask, tree_where
+from jrnn.unroll import prepare_carry
 
 Array = jax.Array
 
@@ -65,14 +60,12 @@ __all__ = [
     "recurrent_spectrum",
 ]
 
-GATES: dict[type, tuple[str, ...]] = {
-    VanillaCell: ("w_h",),
-    LSTMCell: ("i", "f", "g", "o"),
-    GRUCell: ("r", "z", "n"),
-}
-"""``cell type -> names of the (H, H) blocks of w_h``, in storage order."""
+GATES: dict[type, tuple[str, ...]] = {cls: cls.gate_names for cls in cell_types()}
+"""``cell type -> names of the (H, H) blocks of w_h``, in storage order (each cell's ``gate_names``)."""
 
-_BLOCK_NAMES = {1: GATES[VanillaCell], 4: GATES[LSTMCell], 3: GATES[GRUCell]}
+_BLOCK_NAMES: dict[int, tuple[str, ...]] = {}
+for _names in GATES.values():
+    _BLOCK_NAMES.setdefault(len(_names), _names)
 
 PARTS = ("h", "c", "carry")
 
@@ -81,30 +74,23 @@ PARTS = ("h", "c", "carry")
 # Shared helpers
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, RNN):
+        fail("model", "a jrnn.RNN", type(model).__name__, TypeError)
+
+
 def _check_part(part: Any, cell: Cell) -> str:
-    if not isinstance(part, str) or part not in PARTS:
-        raise ValueError(f"part must be one of {list(PARTS)}, got {part!r}")
-    if part == "c" and not isinstance(cell, LSTMCell):
-        raise ValueError(
-            f"part='c' needs an LSTMCell (the only cell with a memory c), got {type(cell).__name__}"
-        )
+    check_choice("part", part, PARTS)
+    if part not in ("carry", *cell.carry_parts):
+        fail(f"part={part!r}", f"a cell whose carry has a part {part!r}", f"{type(cell).__name__}")
     return part
 
 
 def _select(tree, part: str):
-    """The ``h`` or ``c`` field of an LSTM carry-shaped tree, or the tree itself."""
-    if isinstance(tree, LSTMCarry) and part in ("h", "c"):
+    """The ``part`` field of a carry-shaped NamedTuple (the LSTM's ``h`` or ``c``), or the tree."""
+    if part != "carry" and hasattr(tree, "_fields"):
         return getattr(tree, part)
     return tree
-
-
-def _tree_where(m, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(m, x, y), a, b)
-
-
-def _time_major(xs, *, batched: bool):
-    """``(B, T, D)`` or ``(T, D)`` -> time-major ``(T, B, D)`` (``B = 1`` when unbatched)."""
-    return jnp.swapaxes(xs, 0, 1) if batched else xs[:, None, :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,33 +109,26 @@ def _perturbed_layer(cell: Cell, params, xs, carry0, valid, eps, reverse: bool):
         y = cell.output(new)
         if m_t is not None:
             m = m_t[:, None]
-            new = _tree_where(m, new, carry)  # padded steps keep the carry (and ignore ε)
+            new = tree_where(m, new, carry)  # padded steps keep the carry (and ignore ε)
             y = jnp.where(m, y, jnp.zeros_like(y))
         return new, y
 
-    _, ys = jax.lax.scan(body, carry0, (xp, eps, valid), reverse=reverse)
-    return ys
+    return jax.lax.scan(body, carry0, (xp, eps, valid), reverse=reverse)
 
 
 def _perturbed_forward(model: RNN, params, xs, eps, lengths):
     """``RNN.apply`` without dropout, time-major, with ``eps[l]`` added to layer l's states."""
     T, B = xs.shape[:2]
-    dtype = xs.dtype
-    valid = None if lengths is None else step_mask(lengths, T)
-    zero = model.cell.initial_carry((B,), dtype)
-    h = xs
-    for layer, p in enumerate(params.layers):
-        if model.bidirectional:
-            y_f = _perturbed_layer(model.cell, p[0], h, zero, valid, eps[layer][0], False)
-            y_b = _perturbed_layer(model.cell, p[1], h, zero, valid, eps[layer][1], True)
-            h = jnp.concatenate([y_f, y_b], axis=-1)  # (T, B, 2H)
-        else:
-            h = _perturbed_layer(model.cell, p, h, zero, valid, eps[layer], False)
-    if params.readout is not None:
-        h = h @ params.readout.w + params.readout.b  # (T, B, O)
-        if valid is not None:
-            h = jnp.where(valid[..., None], h, jnp.zeros_like(h))
-    return h
+    valid = step_mask(lengths, T)
+
+    def run_layer(layer, direction, p, h, carry, reverse):
+        e = eps[layer][direction] if model.bidirectional else eps[layer]
+        carry_T, ys = _perturbed_layer(model.cell, p, h, carry, valid, e, reverse)
+        return carry_T, ys, None
+
+    carries = model.initial_carries((B,), xs.dtype)
+    top, _, _, _ = stack(model, params, xs, carries, run_layer, [None] * model.num_layers)
+    return readout(params, top, valid)  # (T, B, O)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -191,24 +170,13 @@ def hidden_grads(model: RNN, params, xs, targets, *, loss: str = "mse", seq_leng
       included; the LSTM's ``c`` entry is ``∂L/∂c_t`` with ``h_t`` held fixed (the state's
       coordinates taken as independent, as the BPTT carries them). Entries at padded steps are 0.
     """
-    if not isinstance(model, RNN):
-        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+    _check_model(model)
     get_loss(loss)  # validates the name
-    input_size = model.check_params(params)
-    batched = check_sequence(xs, input_size) == 3
-    T = xs.shape[-2]
-    lengths = check_seq_lengths(seq_lengths, xs.shape[0] if batched else None, T)
-    first = params.layers[0][0] if model.bidirectional else params.layers[0]
-    xs = _time_major(xs.astype(compute_dtype(xs, first)), batched=batched)  # (T, B, D)
-    if not batched:
+    layout, lengths, _, dtype = model.check_inputs(params, xs, None, seq_lengths)
+    if not layout.batched:
         targets = jnp.asarray(targets)[None]
-        lengths = None if lengths is None else lengths.reshape(1)
-    value, grads = _hidden_grads(model, loss, params, xs, targets, lengths)
-    if batched:
-        grads = jax.tree_util.tree_map(lambda g: jnp.swapaxes(g, 0, 1), grads)  # (B, T, H)
-    else:
-        grads = jax.tree_util.tree_map(lambda g: g[:, 0], grads)  # (T, H)
-    return value, grads
+    value, grads = _hidden_grads(model, loss, params, layout.to_scan(xs.astype(dtype)), targets, lengths)
+    return value, jax.tree_util.tree_map(layout.from_scan, grads)  # leaves (B, T, H) or (T, H)
 
 
 def hidden_grad_norms(
@@ -225,8 +193,7 @@ def hidden_grad_norms(
       ``(num_layers, T)``, or ``(num_layers, 2, T)`` when bidirectional (index 0 the forward
       direction, 1 the backward one, both by input position). Padded steps of a sequence add 0.
     """
-    if not isinstance(model, RNN):
-        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+    _check_model(model)
     part = _check_part(part, model.cell)
     _, grads = hidden_grads(model, params, xs, targets, loss=loss, seq_lengths=seq_lengths)
     time_axis = 1 if xs.ndim == 3 else 0
@@ -260,17 +227,24 @@ def _prepare_single(cell: Cell, params, xs, carry, name: str):
     """Validate; return ``(batched, xs, carry)`` with xs in the compute dtype."""
     check_cell(cell)
     cell.check_params(params)
-    batched = check_sequence(xs, cell.input_size_of(params), name) == 3
+    layout = check_sequence(xs, cell.input_size_of(params), name)
     dtype = compute_dtype(xs, params)
-    carry = prepare_carry(cell, carry, (xs.shape[0],) if batched else (), dtype)
-    return batched, xs.astype(dtype), carry
+    carry = prepare_carry(cell, carry, layout.batch_shape, dtype)
+    return layout.batched, xs.astype(dtype), carry
+
+
+def _part_sizes(cell: Cell) -> list[int]:
+    """The sizes of the carry's parts (``cell.carry_parts``), in flattening order."""
+    return [leaf.size for leaf in jax.tree_util.tree_leaves(jax.eval_shape(cell.initial_carry))]
 
 
 def _part_indices(cell: Cell, part: str) -> slice:
-    H = cell.hidden_size
-    if isinstance(cell, LSTMCell):
-        return {"h": slice(0, H), "c": slice(H, 2 * H), "carry": slice(0, 2 * H)}[part]
-    return slice(0, H)
+    """Where ``part`` sits in the flat state vector (the carry's parts concatenated)."""
+    sizes = _part_sizes(cell)
+    if part == "carry":
+        return slice(0, sum(sizes))
+    k = cell.carry_parts.index(part)
+    return slice(sum(sizes[:k]), sum(sizes[: k + 1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -370,7 +344,7 @@ def recurrent_spectrum(cell: Cell, params) -> dict[str, Spectrum]:
     check_cell(cell)
     cell.check_params(params)
     blocks = _blocks(params.w_h)
-    return {name: _spectrum(blocks[k]) for k, name in enumerate(GATES[type(cell)])}
+    return {name: _spectrum(blocks[k]) for k, name in enumerate(cell.gate_names)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,12 +393,11 @@ def lyapunov_exponents(cell: Cell, params, xs, k: int, carry=None, *, key=None, 
     """
     check_cell(cell)
     batched, xs, carry = _prepare_single(cell, params, xs, carry, "xs")
-    n = cell.hidden_size * (2 if isinstance(cell, LSTMCell) else 1)
+    n = sum(_part_sizes(cell))
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in [1, {n}] (the state size of {type(cell).__name__}), got {k!r}")
+        fail("k", f"an int in [1, {n}] (the state size of {type(cell).__name__})", repr(k))
     T = xs.shape[-2]
-    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or not 0 <= burn_in < T:
-        raise ValueError(f"burn_in must be an int in [0, T) = [0, {T}), got {burn_in!r}")
+    check_int("burn_in", burn_in, 0, T - 1)
     key = jax.random.PRNGKey(0) if key is None else key
     q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, int(k)), xs.dtype))
     in_axes = (None, None, 0, 0, None, None)

@@ -42,17 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.cells import (
-    Cell,
-    GRUCell,
-    GRUParams,
-    LSTMCarry,
-    LSTMCell,
-    LSTMParams,
-    VanillaCell,
-    VanillaParams,
-)
-from jrnn.network import RNN, NetworkParams
+from jrnn.cells import Cell, cell_types
+from jrnn.network import RNN, NetworkParams, directions
 
 Array = jax.Array
 
@@ -137,23 +128,22 @@ def _to_tensor(a, dtype=None):
 # PyTorch
 
 
-def _torch_kinds():
-    """``mode -> (torch class, jrnn cell from hidden size)``: one row per torch module kind."""
+def _torch_classes():
     torch = _torch()
-    return {
-        "RNN_TANH": (torch.nn.RNN, lambda H: VanillaCell(H, activation="tanh")),
-        "RNN_RELU": (torch.nn.RNN, lambda H: VanillaCell(H, activation="relu")),
-        "LSTM": (torch.nn.LSTM, LSTMCell),
-        "GRU": (torch.nn.GRU, GRUCell),
-    }
+    return {"RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+
+
+def _cell_for_torch_mode(mode: str, hidden_size: int) -> Cell:
+    """The registered cell that a ``torch.nn.RNNBase`` of ``mode`` converts to."""
+    for cls in cell_types():
+        cell = cls.from_torch_mode(mode, hidden_size)
+        if cell is not None:
+            return cell
+    raise ValueError(f"module.mode must be a mode a jrnn cell converts from, got {mode!r}")  # pragma: no cover
 
 
 def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")
-
-
-def _directions(model: RNN, layer_params) -> tuple:
-    return tuple(layer_params) if model.bidirectional else (layer_params,)
 
 
 def from_torch(module) -> tuple[RNN, NetworkParams]:
@@ -184,12 +174,9 @@ def from_torch(module) -> tuple[RNN, NetworkParams]:
         raise ValueError(
             f"module.proj_size must be 0: LSTM projections have no jrnn counterpart, got proj_size={module.proj_size}"
         )
-    kinds = _torch_kinds()
-    if module.mode not in kinds:  # pragma: no cover - every mode of the three modules is listed
-        raise ValueError(f"module.mode must be one of {sorted(kinds)}, got {module.mode!r}")
     if not 0.0 <= module.dropout < 1.0:
         raise ValueError(f"module.dropout must be in [0, 1) for jrnn.RNN, got {module.dropout!r}")
-    cell = kinds[module.mode][1](module.hidden_size)
+    cell = _cell_for_torch_mode(module.mode, module.hidden_size)
     model = RNN(
         cell=cell,
         num_layers=module.num_layers,
@@ -202,32 +189,19 @@ def from_torch(module) -> tuple[RNN, NetworkParams]:
         directions = []
         for d in range(model.num_directions):
             s = _suffix(layer, d)
-            w_x = weights["weight_ih" + s].T  # (D, G·H)
-            w_h = weights["weight_hh" + s].T  # (H, G·H)
-            zeros = jnp.zeros((w_x.shape[1],), w_x.dtype)
-            b_ih = weights.get("bias_ih" + s, zeros)
-            b_hh = weights.get("bias_hh" + s, zeros)
-            if isinstance(cell, GRUCell):
-                directions.append(GRUParams(w_x, w_h, b_ih, b_hh))
-            else:
-                directions.append(cell.params_type(w_x, w_h, b_ih + b_hh))
+            directions.append(cell.from_torch_weights(
+                weights["weight_ih" + s], weights["weight_hh" + s],
+                weights.get("bias_ih" + s), weights.get("bias_hh" + s),
+            ))  # fmt: skip
         layers.append(tuple(directions) if model.bidirectional else directions[0])
     return model, NetworkParams(tuple(layers), None)
 
 
 def _torch_mode(model: RNN) -> str:
-    cell = model.cell
-    if isinstance(cell, VanillaCell):
-        if cell.activation not in ("tanh", "relu"):
-            raise ValueError(
-                f"model.cell.activation must be 'tanh' or 'relu' for torch.nn.RNN, got {cell.activation!r}"
-            )
-        return "RNN_TANH" if cell.activation == "tanh" else "RNN_RELU"
-    if isinstance(cell, LSTMCell):
-        return "LSTM"
-    if isinstance(cell, GRUCell):
-        return "GRU"
-    raise TypeError(f"model.cell must be a VanillaCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+    mode = model.cell.torch_mode
+    if mode is None:
+        raise TypeError(f"model.cell must be a cell with a torch.nn counterpart, got {type(model.cell).__name__}")
+    return mode
 
 
 def _check_model(model, params) -> int:
@@ -257,14 +231,11 @@ def torch_state_dict(model: RNN, params: NetworkParams, *, bias: bool = True, dt
         raise TypeError(f"bias must be a bool, got {bias!r}")
     state = {}
     for layer, layer_params in enumerate(params.layers):
-        for d, p in enumerate(_directions(model, layer_params)):
+        for d, p in enumerate(directions(model, layer_params)):
             s = _suffix(layer, d)
-            if isinstance(p, GRUParams):
-                b_ih, b_hh = p.b_x, p.b_h
-            else:
-                b_ih, b_hh = p.b, jnp.zeros_like(p.b)
-            state["weight_ih" + s] = _to_tensor(p.w_x.T, dtype)
-            state["weight_hh" + s] = _to_tensor(p.w_h.T, dtype)
+            w_ih, w_hh, b_ih, b_hh = model.cell.to_torch_weights(p)
+            state["weight_ih" + s] = _to_tensor(w_ih, dtype)
+            state["weight_hh" + s] = _to_tensor(w_hh, dtype)
             if bias:
                 state["bias_ih" + s] = _to_tensor(b_ih, dtype)
                 state["bias_hh" + s] = _to_tensor(b_hh, dtype)
@@ -301,11 +272,11 @@ def to_torch(model: RNN, params: NetworkParams, *, batch_first: bool = True, bia
     input_size = _check_model(model, params)
     if not isinstance(batch_first, (bool, np.bool_)):
         raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
-    first = params.layers[0][0] if model.bidirectional else params.layers[0]
+    first = model.first_cell_params(params)
     dtype = _torch_dtype(first.w_h.dtype) if dtype is None else _as_torch_dtype(dtype)
     state = torch_state_dict(model, params, bias=bias, dtype=dtype)
     mode = _torch_mode(model)
-    torch_cls = _torch_kinds()[mode][0]
+    torch_cls = _torch_classes()[mode]
     kwargs = {"nonlinearity": "tanh" if mode == "RNN_TANH" else "relu"} if mode.startswith("RNN") else {}
     with warnings.catch_warnings():  # torch warns about dropout with num_layers=1; jrnn allows it
         warnings.filterwarnings("ignore", message=".*dropout.*", category=UserWarning)
@@ -345,22 +316,23 @@ def carries_from_torch(model: RNN, h_0) -> tuple:
     """
     if not isinstance(model, RNN):
         raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
-    lstm = isinstance(model.cell, LSTMCell)
-    if lstm:
-        if not (isinstance(h_0, (tuple, list)) and len(h_0) == 2):
-            raise TypeError(f"h_0 for an LSTM must be a (h_0, c_0) pair, got {type(h_0).__name__}")
-        h = _check_torch_state(model, h_0[0], "h_0[0] (h_0)")
-        c = _check_torch_state(model, h_0[1], "h_0[1] (c_0)")
-        if h.shape != c.shape:
-            raise ValueError(f"h_0 and c_0 must have the same shape, got {tuple(h.shape)} and {tuple(c.shape)}")
+    parts = model.cell.carry_parts  # PyTorch's state tuple, (h_0, c_0) for an LSTM, in this order
+    if len(parts) > 1:
+        if not (isinstance(h_0, (tuple, list)) and len(h_0) == len(parts)):
+            names = ", ".join(f"{p}_0" for p in parts)
+            raise TypeError(f"h_0 for a {type(model.cell).__name__} must be a ({names}) tuple, got {type(h_0).__name__}")
+        states = [_check_torch_state(model, a, f"h_0[{k}] ({p}_0)") for k, (a, p) in enumerate(zip(h_0, parts))]
+        if any(a.shape != states[0].shape for a in states):
+            raise ValueError(f"h_0's parts must have the same shape, got {[tuple(a.shape) for a in states]}")
     else:
         if isinstance(h_0, (tuple, list)):
             raise TypeError(f"h_0 for a {type(model.cell).__name__} must be one tensor, got a {type(h_0).__name__}")
-        h = _check_torch_state(model, h_0, "h_0")
+        states = [_check_torch_state(model, h_0, "h_0")]
+    treedef = jax.tree_util.tree_structure(model.cell.initial_carry())
     carries = []
     dirs = model.num_directions
     for layer in range(model.num_layers):
-        one = [LSTMCarry(h[layer * dirs + d], c[layer * dirs + d]) if lstm else h[layer * dirs + d] for d in range(dirs)]
+        one = [jax.tree_util.tree_unflatten(treedef, [a[layer * dirs + d] for a in states]) for d in range(dirs)]
         carries.append(tuple(one) if model.bidirectional else one[0])
     return tuple(carries)
 
@@ -381,34 +353,21 @@ def carries_to_torch(model: RNN, carries, *, dtype=None):
             )
         for d, cd in enumerate(c if model.bidirectional else (c,)):
             where = f"carries[{layer}]" + (f"[{d}]" if model.bidirectional else "")
-            shape = jnp.shape(cd.h if isinstance(cd, LSTMCarry) else cd)
+            shape = jnp.shape(model.cell.output(cd))
             model.cell.check_carry(cd, shape[:-1], where)
-            flat.append(cd)
-    if isinstance(model.cell, LSTMCell):
-        h = jnp.stack([c.h for c in flat])
-        c = jnp.stack([c.c for c in flat])
-        dtype = _as_torch_dtype(dtype)
-        return _to_tensor(h, dtype), _to_tensor(c, dtype)
-    return _to_tensor(jnp.stack(flat), _as_torch_dtype(dtype))
+            flat.append(jax.tree_util.tree_leaves(cd))
+    dtype = _as_torch_dtype(dtype)
+    states = [_to_tensor(jnp.stack(part), dtype) for part in zip(*flat)]  # one per carry part
+    return tuple(states) if len(states) > 1 else states[0]
 
 
 # --------------------------------------------------------------------------------------------
 # Flax linen
 
-_FLAX_KEYS = {
-    "simple": {"i": ("kernel", "bias"), "h": ("kernel",)},
-    "lstm": {
-        **{f"i{g}": ("kernel",) for g in "ifgo"},
-        **{f"h{g}": ("kernel", "bias") for g in "ifgo"},
-    },
-    "gru": {
-        **{f"i{g}": ("kernel", "bias") for g in "rzn"},
-        "hr": ("kernel",),
-        "hz": ("kernel",),
-        "hn": ("kernel", "bias"),
-    },
-}
-"""``kind -> {Dense name: its leaves}``, the parameter trees of flax.linen's cells."""
+def _flax_classes() -> dict[str, type[Cell]]:
+    """``kind -> jrnn cell class`` for every registered cell with a flax.linen counterpart."""
+    return {cls.flax_kind: cls for cls in cell_types() if cls.flax_kind is not None}
+
 
 _FLAX_KIND_NAMES = {
     "simple": "simple",
@@ -483,8 +442,8 @@ def _flax_kind_from(kind, activation):
 
 
 def _infer_flax_kind(tree: Mapping) -> str:
-    for kind, layout in _FLAX_KEYS.items():
-        if set(tree) == set(layout):
+    for kind, cls in _flax_classes().items():
+        if set(tree) == set(cls.flax_keys):
             return kind
     raise ValueError(
         "cell_params must be the parameters of a flax.linen SimpleCell (keys i, h), LSTMCell or "
@@ -494,7 +453,7 @@ def _infer_flax_kind(tree: Mapping) -> str:
 
 
 def _check_flax_tree(tree: Mapping, kind: str) -> None:
-    layout = _FLAX_KEYS[kind]
+    layout = _flax_classes()[kind].flax_keys
     if set(tree) != set(layout):
         raise ValueError(f"cell_params for kind={kind!r} must have keys {sorted(layout)}, got {sorted(tree)}")
     H = D = None
@@ -549,27 +508,11 @@ def from_flax(cell_params, kind=None, *, activation: str | None = None) -> tuple
     if kind is None:
         kind = _infer_flax_kind(tree)
     _check_flax_tree(tree, kind)
-    H = jnp.shape(tree["h" if kind == "simple" else "hr" if kind == "gru" else "hi"]["kernel"])[1]
+    recurrent = next(name for name in _flax_classes()[kind].flax_keys if name.startswith("h"))
+    H = jnp.shape(tree[recurrent]["kernel"])[1]
     if features is not None and features != H:
         raise ValueError(f"kind.features must match the parameters' hidden size {H}, got features={features}")
-    k = lambda name: jnp.asarray(tree[name]["kernel"])  # noqa: E731
-    b = lambda name: jnp.asarray(tree[name]["bias"])  # noqa: E731
-    if kind == "simple":
-        activation = "tanh" if activation is None else activation
-        return VanillaCell(H, activation=activation), VanillaParams(k("i"), k("h"), b("i"))
-    if activation is not None:
-        raise ValueError(f"activation applies to SimpleCell only, got activation={activation!r} for kind={kind!r}")
-    if kind == "lstm":
-        w_x = jnp.concatenate([k(f"i{g}") for g in "ifgo"], axis=1)  # (D, 4H)
-        w_h = jnp.concatenate([k(f"h{g}") for g in "ifgo"], axis=1)  # (H, 4H)
-        bias = jnp.concatenate([b(f"h{g}") for g in "ifgo"])  # (4H,)
-        return LSTMCell(H), LSTMParams(w_x, w_h, bias)
-    w_x = jnp.concatenate([k(f"i{g}") for g in "rzn"], axis=1)  # (D, 3H)
-    w_h = jnp.concatenate([k(f"h{g}") for g in "rzn"], axis=1)  # (H, 3H)
-    b_x = jnp.concatenate([b(f"i{g}") for g in "rzn"])
-    b_hn = b("hn")
-    b_h = jnp.concatenate([jnp.zeros((2 * H,), b_hn.dtype), b_hn])  # Flax has no b_hr, b_hz
-    return GRUCell(H), GRUParams(w_x, w_h, b_x, b_h)
+    return _flax_classes()[kind].from_flax_tree(tree, H, activation)
 
 
 def to_flax(cell: Cell, params, *, optimized: bool = False):
@@ -588,59 +531,32 @@ def to_flax(cell: Cell, params, *, optimized: bool = False):
     cell.check_params(params)
     H = cell.hidden_size
     dtype = params.w_h.dtype
-    dense = lambda kernel, bias=None: {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}  # noqa: E731
-    if isinstance(cell, VanillaCell):
+    if cell.flax_kind == "simple":
         acts = {v: k for k, v in _flax_activations().items()}
         if cell.activation not in acts:
             raise ValueError(
                 f"cell.activation must be 'tanh', 'relu' or 'sigmoid' for nn.SimpleCell, got {cell.activation!r}"
             )
         flax_cell = nn.SimpleCell(features=H, activation_fn=acts[cell.activation], param_dtype=dtype)
-        tree = {"i": dense(params.w_x, params.b), "h": dense(params.w_h)}
-    elif isinstance(cell, LSTMCell):
-        cls = nn.OptimizedLSTMCell if optimized else nn.LSTMCell
-        flax_cell = cls(features=H, param_dtype=dtype)
-        blocks = lambda a: jnp.split(a, 4, axis=-1)  # noqa: E731
-        tree = {}
-        for g, wx, wh, bias in zip("ifgo", blocks(params.w_x), blocks(params.w_h), blocks(params.b)):
-            tree[f"i{g}"] = dense(wx)
-            tree[f"h{g}"] = dense(wh, bias)
-    elif isinstance(cell, GRUCell):
+    elif cell.flax_kind == "lstm":
+        flax_cell = (nn.OptimizedLSTMCell if optimized else nn.LSTMCell)(features=H, param_dtype=dtype)
+    elif cell.flax_kind == "gru":
         flax_cell = nn.GRUCell(features=H, param_dtype=dtype)
-        wx, wh = jnp.split(params.w_x, 3, axis=-1), jnp.split(params.w_h, 3, axis=-1)
-        bx, bh = jnp.split(params.b_x, 3), jnp.split(params.b_h, 3)
-        tree = {
-            "ir": dense(wx[0], bx[0] + bh[0]),
-            "iz": dense(wx[1], bx[1] + bh[1]),
-            "in": dense(wx[2], bx[2]),
-            "hr": dense(wh[0]),
-            "hz": dense(wh[1]),
-            "hn": dense(wh[2], bh[2]),
-        }
     else:
-        raise TypeError(f"cell must be a jrnn VanillaCell, LSTMCell or GRUCell, got {type(cell).__name__}")
-    return flax_cell, {"params": tree}
+        raise TypeError(f"cell must be a jrnn cell with a flax.linen counterpart, got {type(cell).__name__}")
+    return flax_cell, {"params": cell.to_flax_tree(params)}
 
 
 def carry_from_flax(cell: Cell, carry):
     """A Flax linen cell's carry as jrnn's: an LSTM's ``(c, h)`` becomes ``LSTMCarry(h, c)``;
     other cells' carry ``h`` is the same on both sides."""
-    if isinstance(cell, LSTMCell):
-        if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
-            raise TypeError(f"carry for an LSTM must be Flax's (c, h) pair, got {type(carry).__name__}")
-        c, h = carry
-        return LSTMCarry(jnp.asarray(h), jnp.asarray(c))
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jrnn cell, got {type(cell).__name__}")
-    return jnp.asarray(carry)
+    return cell.carry_from_flax(carry)
 
 
 def carry_to_flax(cell: Cell, carry):
     """jrnn's carry as a Flax linen cell's: ``LSTMCarry(h, c)`` becomes ``(c, h)``."""
-    if isinstance(cell, LSTMCell):
-        if not isinstance(carry, LSTMCarry):
-            raise TypeError(f"carry for an LSTMCell must be LSTMCarry(h, c), got {type(carry).__name__}")
-        return (carry.c, carry.h)
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jrnn cell, got {type(cell).__name__}")
-    return carry
+    return cell.carry_to_flax(carry)

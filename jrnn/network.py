@@ -24,17 +24,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.cells import Cell, glorot_uniform
-from jrnn.unroll import (
-    check_cell,
-    check_options,
+from jrnn._checks import (
+    Layout,
+    check_bool,
+    check_int,
+    check_optional_int,
+    check_probability,
     check_seq_lengths,
     check_sequence,
-    compute_dtype,
-    prepare_carry,
-    scan_layer,
-    step_mask,
+    fail,
+    shape_of,
 )
+from jrnn.cells import Cell, check_cell, glorot_uniform
+from jrnn.cells.base import add_bias
+from jrnn.scan import Backward, compute_dtype, scan_layer, step_mask
+from jrnn.unroll import check_options, prepare_carry
 
 Array = jax.Array
 
@@ -54,9 +58,81 @@ class NetworkParams(NamedTuple):
     readout: Readout | None
 
 
+def directions(model: "RNN", layer_params) -> tuple:
+    """A layer's params per direction: ``(p,)``, or ``(forward, backward)`` when bidirectional."""
+    return tuple(layer_params) if model.bidirectional else (layer_params,)
+
+
+def dropout_scales(model: "RNN", dropout_key, batch_size: int, dtype) -> list:
+    """The multipliers ``mask / keep`` ``(B, features)`` applied after each layer but the last
+    (None where no dropout applies): one mask per sequence, drawn outside the scan (variational
+    dropout). ``RNN.apply`` and the hand-written backward both draw them here."""
+    if dropout_key is None or model.dropout <= 0.0:
+        return [None] * model.num_layers
+    keys = jax.random.split(dropout_key, model.num_layers)
+    keep = 1.0 - model.dropout
+    scales = []
+    for layer in range(model.num_layers - 1):
+        mask = jax.random.bernoulli(keys[layer], keep, (batch_size, model.top_size))
+        scales.append(mask.astype(dtype) / keep)
+    return scales + [None]
+
+
+def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, scales) -> tuple:
+    """The one stacking driver: every layer and direction of ``model`` over time-major ``xs``.
+
+    ``run_layer(layer, direction, params, h, carry, reverse) -> (carry_T, ys, kept)`` runs one
+    direction of one layer over ``h (T, B, ·)``; a bidirectional layer feeds the next one
+    ``concat([fwd, bwd], -1)``, and ``scales[l]`` (``dropout_scales``) multiplies layer l's
+    output. ``RNN.apply``, the hand-written network backward and the diagnostics all run here.
+
+    Returns:
+      ``(top, carries, kept, inputs)``: the top layer's output ``(T, B, H·dirs)``, the final
+      carries (one entry per layer, a ``(fwd, bwd)`` pair when bidirectional), and per layer the
+      list of what each direction's ``run_layer`` kept and the layer's input.
+    """
+    h = xs
+    new_carries, kept, inputs = [], [], []
+    for layer, layer_params in enumerate(params.layers):
+        c0s = directions(model, carries[layer])
+        inputs.append(h)
+        outs, cs, ks = [], [], []
+        for d, p in enumerate(directions(model, layer_params)):
+            c, y, k = run_layer(layer, d, p, h, c0s[d], d == 1)
+            outs.append(y)
+            cs.append(c)
+            ks.append(k)
+        h = jnp.concatenate(outs, axis=-1) if model.bidirectional else outs[0]  # (T, B, H·dirs)
+        new_carries.append(tuple(cs) if model.bidirectional else cs[0])
+        kept.append(ks)
+        if scales[layer] is not None:
+            h = h * scales[layer][None]  # dropout, one mask per sequence
+    return h, tuple(new_carries), kept, inputs
+
+
+def readout(params: "NetworkParams", top: Array, valid: Array | None) -> Array:
+    """The per-step readout ``top @ w + b`` ``(T, B, O)``, zero at padded steps; ``top`` itself
+    without a readout."""
+    if params.readout is None:
+        return top
+    ys = add_bias(top @ params.readout.w, params.readout.b)  # (T, B, O)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
+    return ys
+
+
 @dataclasses.dataclass(frozen=True)
 class RNN:
-    """A stack of recurrent layers of one cell type. Frozen and hashable, so it can be static."""
+    """A stack of recurrent layers of one cell type. Frozen and hashable, so it can be static.
+
+    Args:
+      cell: the cell of every layer (``LSTMCell(64)``, ...).
+      num_layers: layers stacked; layer l + 1 reads layer l's output.
+      bidirectional: each layer runs a forward and a backward direction and concatenates them.
+      output_size: None, or the size of a per-step linear readout on the top layer.
+      dropout: between layers, on every layer's output but the last (PyTorch's placement), one
+        mask per sequence; applied only when ``apply`` gets a ``dropout_key``.
+    """
 
     cell: Cell
     num_layers: int = 1
@@ -66,16 +142,10 @@ class RNN:
 
     def __post_init__(self):
         check_cell(self.cell)
-        n = self.num_layers
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"num_layers must be a positive int, got {n!r}")
-        if not isinstance(self.bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional must be a bool, got {self.bidirectional!r}")
-        o = self.output_size
-        if o is not None and (isinstance(o, bool) or not isinstance(o, (int, np.integer)) or o < 1):
-            raise ValueError(f"output_size must be None or a positive int, got {o!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        check_int("num_layers", self.num_layers)
+        check_bool("bidirectional", self.bidirectional)
+        check_optional_int("output_size", self.output_size)
+        check_probability("dropout", self.dropout)
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -89,7 +159,7 @@ class RNN:
     @property
     def top_size(self) -> int:
         """Features of the top layer's output (before the readout)."""
-        return self.num_directions * self.cell.hidden_size
+        return self.num_directions * self.cell.output_size
 
     @property
     def out_size(self) -> int:
@@ -99,9 +169,22 @@ class RNN:
     def layer_input_size(self, layer: int, input_size: int) -> int:
         return input_size if layer == 0 else self.top_size
 
+    def first_cell_params(self, params: NetworkParams):
+        """The params of layer 0's (forward) direction."""
+        return directions(self, params.layers[0])[0]
+
     # -- construction ------------------------------------------------------------------------
     def init(self, key, input_size: int, dtype=jnp.float32) -> NetworkParams:
-        """Parameters for inputs with ``input_size`` features; one key split per layer."""
+        """Parameters for inputs with ``input_size`` features; one key split per layer.
+
+        Args:
+          key: a ``jax.random`` key.
+          input_size: ``D``, the features of the input sequence.
+          dtype: a floating dtype.
+
+        Returns:
+          ``NetworkParams(layers, readout)``.
+        """
         keys = jax.random.split(key, self.num_layers + 1)
         layers = []
         for layer in range(self.num_layers):
@@ -111,13 +194,13 @@ class RNN:
                 layers.append((self.cell.init(k_f, d_in, dtype), self.cell.init(k_b, d_in, dtype)))
             else:
                 layers.append(self.cell.init(keys[layer], d_in, dtype))
-        readout = None
+        head = None
         if self.output_size is not None:
-            readout = Readout(
+            head = Readout(
                 w=glorot_uniform(keys[-1], self.top_size, self.output_size, dtype),
                 b=jnp.zeros((self.output_size,), dtype),
             )
-        return NetworkParams(tuple(layers), readout)
+        return NetworkParams(tuple(layers), head)
 
     def initial_carries(self, batch_shape=(), dtype=jnp.float32) -> tuple:
         """Zero carries, one entry per layer (a ``(fwd, bwd)`` pair when bidirectional)."""
@@ -125,69 +208,73 @@ class RNN:
         return tuple((one(), one()) if self.bidirectional else one() for _ in range(self.num_layers))
 
     # -- validation --------------------------------------------------------------------------
+    def _check_pair(self, value, argument: str) -> None:
+        if self.bidirectional and not (isinstance(value, tuple) and not hasattr(value, "_fields") and len(value) == 2):
+            fail(argument, "a (forward, backward) pair for a bidirectional RNN", type(value).__name__, TypeError)
+
     def check_params(self, params) -> int:
         """Validate ``params`` against this spec; return the input size they expect."""
         if not isinstance(params, NetworkParams):
-            raise TypeError(f"params must be NetworkParams(layers, readout), got {type(params).__name__}")
+            fail("params", "NetworkParams(layers, readout)", type(params).__name__, TypeError)
         layers = params.layers
         if not isinstance(layers, (tuple, list)) or len(layers) != self.num_layers:
             got = len(layers) if isinstance(layers, (tuple, list)) else type(layers).__name__
-            raise ValueError(f"params.layers must hold num_layers={self.num_layers} entries, got {got}")
+            fail("params.layers", f"a tuple of num_layers={self.num_layers} entries", got)
         input_size = None
         for layer, p in enumerate(layers):
-            directions = p if self.bidirectional else (p,)
-            if self.bidirectional and not (isinstance(p, tuple) and not hasattr(p, "_fields") and len(p) == 2):
-                raise TypeError(
-                    f"params.layers[{layer}] must be a (forward, backward) tuple for a bidirectional RNN, "
-                    f"got {type(p).__name__}"
-                )
-            for d in directions:
+            self._check_pair(p, f"params.layers[{layer}]")
+            for d in directions(self, p):
                 self.cell.check_params(d)
                 d_in = self.cell.input_size_of(d)
                 if layer == 0:
                     input_size = d_in if input_size is None else input_size
                     if d_in != input_size:
-                        raise ValueError(f"params.layers[0] directions disagree on input size: {input_size} vs {d_in}")
+                        fail("params.layers[0] directions", "of one input size", f"{input_size} and {d_in}")
                 elif d_in != self.top_size:
-                    raise ValueError(
-                        f"params.layers[{layer}].w_x must have {self.top_size} input rows "
-                        f"(the previous layer's output), got {d_in}"
-                    )
-        readout = params.readout
+                    fail(
+                        f"params.layers[{layer}].w_x",
+                        f"of {self.top_size} input rows (the previous layer's output)", d_in,
+                    )  # fmt: skip
+        head = params.readout
         if self.output_size is None:
-            if readout is not None:
-                raise ValueError("params.readout must be None for an RNN with output_size=None, got a Readout")
+            if head is not None:
+                fail("params.readout", "None for an RNN with output_size=None", "a Readout")
         else:
+            if not isinstance(head, Readout):
+                fail("params.readout", "Readout(w, b)", type(head).__name__, TypeError)
             expected = {"w": (self.top_size, self.output_size), "b": (self.output_size,)}
-            if not isinstance(readout, Readout):
-                raise TypeError(f"params.readout must be Readout(w, b), got {type(readout).__name__}")
             for field, shape in expected.items():
-                got = tuple(getattr(readout, field).shape)
+                got = shape_of(getattr(head, field))
                 if got != shape:
-                    raise ValueError(f"params.readout.{field} must be {shape}, got {got}")
+                    fail(f"params.readout.{field}", str(shape), got)
         return input_size
 
     def check_carries(self, carries, batch_shape, dtype) -> tuple:
+        """Validate ``carries`` (one entry per layer) and cast them to ``dtype``."""
         if not isinstance(carries, (tuple, list)) or len(carries) != self.num_layers:
             got = len(carries) if isinstance(carries, (tuple, list)) else type(carries).__name__
-            raise TypeError(f"carries must be a tuple with num_layers={self.num_layers} entries, got {got}")
+            fail("carries", f"a tuple with num_layers={self.num_layers} entries", got, TypeError)
         out = []
         for layer, c in enumerate(carries):
+            self._check_pair(c, f"carries[{layer}]")
             if self.bidirectional:
-                if not (isinstance(c, tuple) and not hasattr(c, "_fields") and len(c) == 2):
-                    raise TypeError(
-                        f"carries[{layer}] must be a (forward, backward) pair for a bidirectional RNN, "
-                        f"got {type(c).__name__}"
-                    )
-                out.append(
-                    tuple(
-                        prepare_carry(self.cell, cd, batch_shape, dtype, f"carries[{layer}][{d}]")
-                        for d, cd in enumerate(c)
-                    )
-                )
+                out.append(tuple(
+                    prepare_carry(self.cell, cd, batch_shape, dtype, f"carries[{layer}][{d}]")
+                    for d, cd in enumerate(c)
+                ))  # fmt: skip
             else:
                 out.append(prepare_carry(self.cell, c, batch_shape, dtype, f"carries[{layer}]"))
         return tuple(out)
+
+    def check_inputs(self, params, xs, carries, seq_lengths, *, time_major: bool = False):
+        """Validate what ``apply`` takes; return ``(layout, lengths, carries, dtype)``."""
+        input_size = self.check_params(params)
+        layout = check_sequence(xs, input_size, time_major=time_major)
+        lengths = check_seq_lengths(seq_lengths, layout.batch_size if layout.batched else None, layout.num_steps)
+        dtype = compute_dtype(xs, self.first_cell_params(params))
+        if carries is not None:
+            carries = self.check_carries(carries, layout.batch_shape, dtype)
+        return layout, lengths, carries, dtype
 
     # -- the forward pass --------------------------------------------------------------------
     def apply(
@@ -201,76 +288,54 @@ class RNN:
         time_major: bool = False,
         unroll: int = 1,
         remat: bool = False,
-        backward: str = "autodiff",
+        backward: Backward = "autodiff",
     ):
-        """Run the network over ``xs`` ``(B, T, D)`` (``(T, B, D)`` with ``time_major``, or ``(T, D)``).
+        """Run the network over a sequence.
 
-        Returns ``(ys, carries)``: ``ys`` with ``out_size`` features laid out like ``xs``, and the
-        final carries (one entry per layer).
+        Args:
+          params: this spec's ``NetworkParams``.
+          xs: ``(B, T, D)`` (``(T, B, D)`` with ``time_major=True``) or unbatched ``(T, D)``.
+          carries: initial carries as ``initial_carries`` makes them (zeros when None); the
+            carries returned by an earlier call continue that sequence.
+          seq_lengths: ``(B,)`` ints; steps at or past a sequence's length leave its carries
+            unchanged and give zero outputs (readout included).
+          dropout_key: a ``jax.random`` key for ``dropout`` (None: no dropout).
+          time_major: ``xs`` and ``ys`` are ``(T, B, ·)``.
+          unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
+          remat: recompute per-step intermediates in the backward pass instead of storing them.
+          backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward).
+
+        Returns:
+          ``(ys, carries)``: ``ys`` with ``out_size`` features laid out like ``xs``, and the final
+          carries (one entry per layer, a ``(fwd, bwd)`` pair when bidirectional).
         """
         check_options(backward=backward, unroll=unroll)
-        input_size = self.check_params(params)
-        ndim = check_sequence(xs, input_size, time_major=time_major)
-        batched = ndim == 3
-        B = (xs.shape[1] if time_major else xs.shape[0]) if batched else 1
-        T = xs.shape[0 if (time_major or not batched) else 1]
-        lengths = check_seq_lengths(seq_lengths, B if batched else None, T)
-        first = params.layers[0][0] if self.bidirectional else params.layers[0]
-        dtype = compute_dtype(xs, first)
-        if carries is not None:
-            carries = self.check_carries(carries, (B,) if batched else (), dtype)
+        layout, lengths, carries, _ = self.check_inputs(params, xs, carries, seq_lengths, time_major=time_major)
         if dropout_key is None or self.dropout == 0.0:
             dropout_key = None
         return _forward(
             self, params, xs, carries, lengths, dropout_key,
-            batched=batched, time_major=time_major, unroll=unroll, remat=remat, backward=backward,
-        )
+            layout=layout, unroll=int(unroll), remat=bool(remat), backward=backward,
+        )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batched", "time_major", "unroll", "remat", "backward"))
-def _forward(model, params, xs, carries, lengths, dropout_key, *, batched, time_major, unroll, remat, backward):
+@functools.partial(jax.jit, static_argnames=("model", "layout", "unroll", "remat", "backward"))
+def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout, unroll, remat, backward):
     """``RNN.apply`` after validation, compiled once per spec and shape (also when called eagerly)."""
-    if not batched:
-        xs = xs[:, None, :]
-        if carries is not None:
-            carries = jax.tree_util.tree_map(lambda a: a[None], carries)
-    elif not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # (T, B, D)
+    xs = layout.to_scan(xs)  # (T, B, D)
     T, B = xs.shape[:2]
+    dtype = compute_dtype(xs, model.first_cell_params(params))
     if carries is None:
-        first = params.layers[0][0] if model.bidirectional else params.layers[0]
-        carries = model.initial_carries((B,), compute_dtype(xs, first))
-    if dropout_key is not None:
-        keys = jax.random.split(dropout_key, model.num_layers)
+        carries = model.initial_carries((B,), dtype)
+    else:
+        carries = layout.carry_to_scan(carries)
 
-    def run(p, h, c, rev):
-        return scan_layer(model.cell, p, h, c, lengths, reverse=rev, unroll=unroll, remat=remat, backward=backward)
+    def run_layer(layer, direction, p, h, carry, reverse):
+        carry_T, ys = scan_layer(model.cell, p, h, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,
+                                 backward=backward)  # fmt: skip
+        return carry_T, ys, None
 
-    h = xs
-    new_carries = []
-    for layer, p in enumerate(params.layers):
-        if model.bidirectional:
-            c_f, y_f = run(p[0], h, carries[layer][0], False)
-            c_b, y_b = run(p[1], h, carries[layer][1], True)
-            h = jnp.concatenate([y_f, y_b], axis=-1)  # (T, B, 2H)
-            new_carries.append((c_f, c_b))
-        else:
-            c, h = run(p, h, carries[layer], False)
-            new_carries.append(c)
-        if layer < model.num_layers - 1 and dropout_key is not None:
-            keep = 1.0 - model.dropout
-            mask = jax.random.bernoulli(keys[layer], keep, (B, h.shape[-1]))  # one mask per sequence
-            h = h * (mask.astype(h.dtype) / keep)[None]
-
-    ys = h
-    if params.readout is not None:
-        ys = ys @ params.readout.w + params.readout.b  # (T, B, O)
-        if lengths is not None:
-            ys = jnp.where(step_mask(lengths, T)[..., None], ys, jnp.zeros_like(ys))
-
-    carries_out = tuple(new_carries)
-    if not batched:
-        return ys[:, 0], jax.tree_util.tree_map(lambda a: a[0], carries_out)
-    if not time_major:
-        ys = jnp.swapaxes(ys, 0, 1)
-    return ys, carries_out
+    scales = dropout_scales(model, dropout_key, B, dtype)
+    top, carries_out, _, _ = stack(model, params, xs, carries, run_layer, scales)
+    ys = readout(params, top, step_mask(lengths, T))
+    return layout.from_scan(ys), layout.carry_from_scan(carries_out)

@@ -1,5 +1,7 @@
-"""Test-wide settings: float64 available everywhere (gradient checks run in float64)."""
+"""Test-wide settings: float64 available everywhere (gradient checks run in float64), and implicit
+rank promotion raising, so that a silent broadcast such as ``(T, B, G) + (G,)`` fails a test."""
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -297,7 +297,7 @@ def test_truncation_equals_chunked_unroll(reverse):
 def test_remat_chunks_equal_the_stored_reserve(kind, reverse):
     """``remat``: recomputing the gate activations chunk by chunk (chunks of 1 step, of 3 steps with
     a partial last chunk, one chunk) gives the gradients of the stored reserve."""
-    from jrnn.bptt import fast
+    from jrnn import scan as fast
 
     cell, params, xs, carry, d_ys, d_carry_T = layer_setup(kind, B=3, T=7, D=2, H=3, seed=12)
     lengths = jnp.array([7, 4, 0], jnp.int32)

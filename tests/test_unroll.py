@@ -157,7 +157,7 @@ def test_hoisted_projection_single_matmul_with_w_x():
 def test_projection_inside_the_loop_matches_hoisted(kind, reverse, monkeypatch):
     import importlib
 
-    unroll_module = importlib.import_module("jrnn.unroll")
+    scan_module = importlib.import_module("jrnn.scan")
     cell = jrnn.make_cell(kind, 5)
     params = randomize(cell.init(jax.random.PRNGKey(0), 3, dtype=jnp.float64), jax.random.PRNGKey(2))
     xs = jnp.asarray(np.random.default_rng(1).standard_normal((4, 9, 3)))
@@ -170,7 +170,7 @@ def test_projection_inside_the_loop_matches_hoisted(kind, reverse, monkeypatch):
     hoisted_dot = f"f64[9,4,{cell.gate_size}] = dot_general"  # (T, B, D) @ (D, G) before the loop
     assert hoisted_dot in str(jax.make_jaxpr(loss)(params, xs))
     hoisted = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)
-    monkeypatch.setattr(unroll_module, "HOIST_MAX_BYTES", 0)
+    monkeypatch.setattr(scan_module, "HOIST_MAX_BYTES", 0)
     jax.clear_caches()
     assert hoisted_dot not in str(jax.make_jaxpr(loss)(params, xs))
     inside = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)

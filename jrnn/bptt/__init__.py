@@ -1,22 +1,21 @@
-"""The hand-written backpropagation through time (BPTT).
+"""The hand-written backpropagation through time (BPTT): its public face.
 
 Every derivative is written out: cells, masking, truncation, dropout, readout and losses. JAX's
 automatic differentiation is never asked for one; the only JAX hook is ``jax.custom_vjp``, whose
 backward rule is the hand-written one, so that ``backward="bptt"`` in ``jrnn.unroll`` and
 ``RNN.apply`` makes JAX use it.
 
-Two forms of the same maths:
+Each cell writes its step forward and the step backward that mirrors it in its own file
+(``jrnn/cells/``). Two drivers run them over a sequence and give the same numbers:
 
-- the *reference* (``jrnn.bptt.steps``): ``step_forward`` caches what the backward needs and
-  ``step_backward`` mirrors it line by line, returning ``d_x, d_carry_tm1, d_params`` per step,
-  summed over time by a per-step layer loop (the form of min-char-rnn);
-- the *fast* form (``jrnn.bptt.fast``): input projections of all steps as one GEMM, a reverse
-  loop that carries ``d_carry`` and writes each step's pre-activation gradients, and the weight
-  and input gradients as single GEMMs over time after the loop. Between forward and backward it
-  keeps the gate activations (written in place over the input projection) and the per-step
-  carries; with ``remat`` only the carries, recomputing the activations chunk by chunk.
-
-``unroll_vjp(..., form="reference")`` runs the per-step form; both give the same numbers.
+- the *reference* (``jrnn.bptt.reference``): ``step_forward`` caches what the backward needs and
+  ``step_backward`` returns ``d_x, d_carry_tm1, d_params`` per step, summed over time by a
+  per-step layer loop (the form of min-char-rnn);
+- the *fast* form (``jrnn.scan.forward`` / ``backward``): input projections of all steps as one
+  GEMM, a reverse loop that carries ``d_carry`` and writes each step's pre-activation gradients,
+  and the weight and input gradients as single GEMMs over time after the loop. Between forward
+  and backward it keeps the residuals (written in place over the input projection) and the
+  per-step carries; with ``remat`` only the carries, recomputing the residuals chunk by chunk.
 
 Public entry points::
 
@@ -32,17 +31,17 @@ Public entry points::
 ``jk`` (``truncation_cuts``), in forward and reverse layers alike.
 """
 
-from jrnn.bptt.common import truncation_cuts
-from jrnn.bptt.fast import Residuals
-from jrnn.bptt.layer import FORMS, scan_layer, unroll_vjp
+from jrnn.bptt.layer import FORMS, unroll_vjp
 from jrnn.bptt.network import value_and_grad
-from jrnn.bptt.steps import ACTIVATION_SLOPES, STEPS, step_backward, step_forward
+from jrnn.bptt.reference import step_backward, step_forward
+from jrnn.cells.vanilla import ACTIVATION_SLOPES
+from jrnn.scan import Residuals, truncation_cuts
+from jrnn.scan import scan_bptt as scan_layer
 
 __all__ = [
     "ACTIVATION_SLOPES",
     "FORMS",
     "Residuals",
-    "STEPS",
     "scan_layer",
     "step_backward",
     "step_forward",

@@ -1,26 +1,24 @@
-"""One layer: ``unroll_vjp`` (the hand backward of ``jrnn.unroll``) and ``scan_layer``, the
-``jax.custom_vjp`` that ``unroll(..., backward="bptt")`` and ``RNN.apply(..., backward="bptt")``
-call, so that JAX differentiates anything built on them with the hand-written fast backward.
-"""
+"""``unroll_vjp``: the hand-written backward of ``jrnn.unroll`` for one layer, in the fast form
+(``jrnn.scan``) or the per-step reference (``jrnn.bptt.reference``)."""
 
 from __future__ import annotations
 
-import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from jrnn.bptt import fast, steps
-from jrnn.bptt.common import check_truncation, tree_cast_like, truncation_cuts
-from jrnn.unroll import check_cell, check_seq_lengths, check_sequence, compute_dtype, prepare_carry
+from jrnn import scan
+from jrnn._checks import check_choice, check_seq_lengths, check_sequence, check_truncation, fail, shape_of
+from jrnn.bptt import reference
+from jrnn.cells.base import check_cell
+from jrnn.scan import cast_like, cast_tree, compute_dtype, truncation_cuts
+from jrnn.unroll import prepare_carry
 
 Array = jax.Array
 
-FORMS = ("fast", "reference")
-
-
-def _cast(tree, dtype):
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
+Form = Literal["fast", "reference"]
+FORMS: tuple[str, ...] = ("fast", "reference")
 
 
 def layer_vjp(
@@ -33,20 +31,20 @@ def layer_vjp(
     dtypes of ``params``, ``xs`` and ``carry0``.
     """
     dtype = compute_dtype(xs, params)
-    p, x, c0 = _cast(params, dtype), xs.astype(dtype), _cast(carry0, dtype)
-    d_ys, d_carry_T = d_ys.astype(dtype), _cast(d_carry_T, dtype)
+    p, x, c0 = cast_tree(params, dtype), xs.astype(dtype), cast_tree(carry0, dtype)
+    d_ys, d_carry_T = d_ys.astype(dtype), cast_tree(d_carry_T, dtype)
     if form == "reference":
-        d_params, d_xs, d_carry0 = steps.layer_vjp(
+        d_params, d_xs, d_carry0 = reference.layer_vjp(
             cell, p, x, c0, lengths, d_ys, d_carry_T, reverse=reverse, truncation=truncation
         )
     else:
         keep = "carries" if remat else "reserve"
-        _, _, residuals = fast.forward(cell, p, x, c0, lengths, reverse=reverse, keep=keep)
+        _, _, residuals = scan.forward(cell, p, x, c0, lengths, reverse=reverse, keep=keep)
         cuts = truncation_cuts(xs.shape[0], truncation, reverse)
-        d_params, d_xs, d_carry0 = fast.backward(
+        d_params, d_xs, d_carry0 = scan.backward(
             cell, p, x, c0, lengths, residuals, d_ys, d_carry_T, reverse=reverse, cuts=cuts
         )
-    return tree_cast_like(d_params, params), d_xs.astype(xs.dtype), tree_cast_like(d_carry0, carry0)
+    return cast_like(d_params, params), d_xs.astype(xs.dtype), cast_like(d_carry0, carry0)
 
 
 def unroll_vjp(
@@ -61,7 +59,7 @@ def unroll_vjp(
     reverse: bool = False,
     truncation: int | None = None,
     time_major: bool = False,
-    form: str = "fast",
+    form: Form = "fast",
     remat: bool = False,
 ):
     """The hand-written backward of ``jrnn.unroll``: input cotangents from output cotangents.
@@ -81,104 +79,34 @@ def unroll_vjp(
         ``jk - 1`` and ``jk`` for a forward layer and for a reverse one alike (see
         ``jrnn.bptt.truncation_cuts``): equal to autodiff with ``stop_gradient`` on the carry
         entering those steps. ``d_carry0`` is the gradient into the first chunk.
-      form: ``"fast"`` (hoisted GEMMs, ``jrnn.bptt.fast``) or ``"reference"`` (per step,
-        ``jrnn.bptt.steps``); both give the same numbers.
+      form: ``"fast"`` (hoisted GEMMs, ``jrnn.scan``) or ``"reference"`` (per step,
+        ``jrnn.bptt.reference``); both give the same numbers.
       remat: the fast form keeps only the per-step carries and recomputes the gate activations
-        chunk by chunk (``jrnn.bptt.fast``): a fraction of the memory for about 40% more GEMM work.
+        chunk by chunk (``jrnn.scan``): a fraction of the memory for about 40% more GEMM work.
 
     Returns:
       ``(d_params, d_xs, d_carry0)`` like ``params``, ``xs`` and the carry.
     """
     check_cell(cell)
     cell.check_params(params)
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {list(FORMS)}, got {form!r}")
+    check_choice("form", form, FORMS)
     truncation = check_truncation(truncation)
-    ndim = check_sequence(xs, cell.input_size_of(params), time_major=time_major)
-    batched = ndim == 3
-    layout = "(T, B, H)" if time_major else "(B, T, H)"
-    if not batched:
-        xs, layout = xs[:, None, :], "(T, H)"
-    elif not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # (T, B, D)
-    T, B = xs.shape[:2]
-    lengths = check_seq_lengths(seq_lengths, B if batched else None, T)
+    layout = check_sequence(xs, cell.input_size_of(params), time_major=time_major)
+    lengths = check_seq_lengths(seq_lengths, layout.batch_size if layout.batched else None, layout.num_steps)
     dtype = compute_dtype(xs, params)
-    batch_shape = (B,) if batched else ()
-    carry = prepare_carry(cell, carry, batch_shape, dtype)
+    carry = prepare_carry(cell, carry, layout.batch_shape, dtype)
     if d_carry_T is None:
-        d_carry_T = cell.initial_carry(batch_shape, dtype)
+        d_carry_T = cell.initial_carry(layout.batch_shape, dtype)
     else:
-        d_carry_T = prepare_carry(cell, d_carry_T, batch_shape, dtype, "d_carry_T")
-    ys_shape = (T, B, cell.hidden_size) if (batched and time_major) else (B, T, cell.hidden_size)
-    ys_shape = ys_shape if batched else (T, cell.hidden_size)
+        d_carry_T = prepare_carry(cell, d_carry_T, layout.batch_shape, dtype, "d_carry_T")
+    ys_shape = layout.shape(cell.output_size)
     if d_ys is None:
         d_ys = jnp.zeros(ys_shape, dtype)
-    elif getattr(d_ys, "shape", None) is None or tuple(d_ys.shape) != ys_shape:
-        got = getattr(d_ys, "shape", None)
-        raise ValueError(f"d_ys must have the shape of ys, {layout} = {ys_shape}, got {got}")
-    if not batched:
-        d_ys = d_ys[:, None, :]
-        carry, d_carry_T = jax.tree_util.tree_map(lambda a: a[None], (carry, d_carry_T))
-    elif not time_major:
-        d_ys = jnp.swapaxes(d_ys, 0, 1)
+    elif shape_of(d_ys) != ys_shape:
+        fail("d_ys", f"of the shape of ys, {ys_shape}", shape_of(d_ys))
 
     d_params, d_xs, d_carry0 = layer_vjp(
-        cell, params, xs, carry, lengths, d_ys, d_carry_T, reverse=reverse, truncation=truncation, form=form,
-        remat=remat,
+        cell, params, layout.to_scan(xs), layout.carry_to_scan(carry), lengths, layout.to_scan(d_ys),
+        layout.carry_to_scan(d_carry_T), reverse=reverse, truncation=truncation, form=form, remat=remat,
     )  # fmt: skip
-    if not batched:
-        return d_params, d_xs[:, 0], jax.tree_util.tree_map(lambda a: a[0], d_carry0)
-    if not time_major:
-        d_xs = jnp.swapaxes(d_xs, 0, 1)
-    return d_params, d_xs, d_carry0
-
-
-# --------------------------------------------------------------------------------------------
-# The custom rule behind backward="bptt"
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def _scan_layer(cell, params, xs, carry, lengths, reverse, unroll, remat):
-    kw = dict(reverse=reverse, unroll=unroll, keep="none")
-    carry_T, ys, _ = fast.forward(cell, params, xs, carry, lengths, **kw)
-    return carry_T, ys
-
-
-def _scan_layer_fwd(cell, params, xs, carry, lengths, reverse, unroll, remat):
-    keep = "carries" if remat else "reserve"
-    kw = dict(reverse=reverse, unroll=unroll, keep=keep)
-    carry_T, ys, kept = fast.forward(cell, params, xs, carry, lengths, **kw)
-    return (carry_T, ys), (params, xs, carry, lengths, kept)
-
-
-def _scan_layer_bwd(cell, reverse, unroll, remat, residuals, cotangents):
-    params, xs, carry, lengths, kept = residuals
-    d_carry_T, d_ys = cotangents
-    d_params, d_xs, d_carry0 = fast.backward(
-        cell, params, xs, carry, lengths, kept, d_ys, d_carry_T, reverse=reverse, unroll=unroll
-    )
-    # lengths are integers: no cotangent (JAX hands back float0 zeros)
-    return tree_cast_like(d_params, params), d_xs.astype(xs.dtype), tree_cast_like(d_carry0, carry), None
-
-
-_scan_layer.defvjp(_scan_layer_fwd, _scan_layer_bwd)
-
-
-def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False):
-    """One layer, time-major and validated (``xs (T, B, D)``, ``lengths (B,) int32`` or None,
-    ``carry`` in the compute dtype), differentiated by the hand-written fast backward.
-
-    Returns ``(carry_T, ys (T, B, H))``, the same values as ``jrnn.unroll.scan_autodiff``.
-    Between the forward and the backward it keeps the gate activations and the per-step carries
-    (``jrnn.bptt.fast``); with ``remat=True`` only the carries, and the backward recomputes the
-    activations chunk by chunk. ``unroll`` is ``lax.scan``'s, in both loops.
-    """
-    dtype = compute_dtype(xs, params)
-    params = _cast(params, dtype) if _needs_cast(params, dtype) else params
-    xs = xs.astype(dtype)
-    return _scan_layer(cell, params, xs, carry, lengths, bool(reverse), int(unroll), bool(remat))
-
-
-def _needs_cast(params, dtype) -> bool:
-    return any(a.dtype != dtype for a in jax.tree_util.tree_leaves(params))
+    return d_params, layout.from_scan(d_xs), layout.carry_from_scan(d_carry0)

@@ -1,0 +1,304 @@
+"""``Cell``: the interface every recurrent cell implements, and the code they all share.
+
+A cell is a frozen, hashable dataclass (static under ``jit``) that owns everything about itself:
+its parameter and carry types, its gate maths written once, the hand-written step backward beside
+the forward it mirrors, its gate names and its PyTorch / Flax key maps. Everything else in jrnn
+(``unroll``, the fast hand-written backward of ``jrnn.scan``, the networks, the diagnostics,
+interop) works through this interface only, so adding a cell is one new file and one registry
+line in ``jrnn/cells/__init__.py``.
+
+Shapes: ``x (*batch, D)``; carries are pytrees whose leaves are ``(*batch, ·)``, and the output
+``y`` is the carry's first leaf (``h``). ``G`` is the gate width ``num_blocks · H``.
+
+A cell implements::
+
+    forward_step(params, carry_tm1, xp_t) -> (carry, residuals)
+        one step from the projected input ``xp_t = x_t @ w_x + b``; ``residuals`` is what the
+        step backward needs beyond the carries (None, an array or a tuple of arrays, each
+        ``(*batch, ·)``). Any leading axes work, so the same function recomputes the gate
+        activations of many steps at once (``(T, B, ·)``).
+    backward_step(params, residuals, carry_tm1, carry, d_carry) -> (d_pre, d_carry_tm1)
+        the step backward: from the cotangent of the carry after the step (the output's
+        included) to the pre-activation gradients ``d_pre`` and the carry's cotangent before it.
+    param_grads(params, xs, h_prev, d_pre) -> d_params
+        the weight gradients as sums over every leading axis (one GEMM over ``T·B`` rows in the
+        fast form, one step's batch in the reference form);
+    input_grads(params, d_pre) -> d_xs
+        the input cotangent.
+
+The default ``param_grads`` and ``input_grads`` serve cells whose pre-activation is ``a = x w_x + h w_h + b`` with
+``d_pre = d_a`` (vanilla, LSTM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn._checks import check_choice, check_dtype, check_int, check_key, fail, shape_of
+from jrnn.cells.init import RECURRENT_INITS
+
+Array = jax.Array
+
+
+def add_bias(a: Array, b: Array) -> Array:
+    """``a + b`` with ``b (n,)`` broadcast explicitly over the leading axes of ``a (..., n)``."""
+    return a + b.reshape((1,) * (a.ndim - 1) + (-1,))
+
+
+def batch_sum(a: Array) -> Array:
+    """Sum over every leading (batch or time) axis: ``(..., n) -> (n,)``."""
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def outer_sum(a: Array, b: Array) -> Array:
+    """``Σ a_i b_j`` over every leading axis: ``(..., m), (..., n) -> (m, n)``; one GEMM."""
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
+def sigmoid_slope(s: Array) -> Array:
+    """``σ'(a)`` written with ``s = σ(a)``."""
+    return s * (1.0 - s)
+
+
+def tanh_slope(t: Array) -> Array:
+    """``tanh'(a)`` written with ``t = tanh(a)``."""
+    return 1.0 - t * t
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """Base class: the fields every cell has, validation, construction and the shared maths.
+
+    Subclasses set ``params_type`` and ``gate_names`` (the names of the ``(H, H)`` blocks of
+    ``w_h``, in storage order), and implement ``_init``, ``forward_step`` and ``backward_step``.
+    """
+
+    hidden_size: int
+    recurrent_init: str = "orthogonal"
+    recurrent_scale: float = 1.0
+
+    params_type: ClassVar[type]
+    gate_names: ClassVar[tuple[str, ...]] = ("w_h",)
+    carry_parts: ClassVar[tuple[str, ...]] = ("h",)
+    """The carry's named parts (``("h",)``, or the fields of a carry NamedTuple, ``h`` first)."""
+
+    def __post_init__(self):
+        check_int("hidden_size", self.hidden_size)
+        check_choice("recurrent_init", self.recurrent_init, RECURRENT_INITS)
+        v = self.recurrent_scale
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            fail("recurrent_scale", "a finite number", repr(v))
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        """Gate blocks in ``w_x`` / ``w_h``."""
+        return len(self.gate_names)
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output ``y_t`` (``h``)."""
+        return self.hidden_size
+
+    @property
+    def gate_size(self) -> int:
+        """``G = num_blocks · H``: the width of the input projection."""
+        return self.num_blocks * self.hidden_size
+
+    def input_size_of(self, params) -> int:
+        return params.w_x.shape[0]
+
+    # -- construction ------------------------------------------------------------------------
+    def init(self, key, input_size: int, dtype=jnp.float32):
+        """Initial parameters: Glorot-uniform ``w_x``, ``w_h`` from ``recurrent_init`` with gain
+        ``recurrent_scale``, zero biases (LSTM: ``forget_bias`` in the f block).
+
+        Args:
+          key: a ``jax.random`` key.
+          input_size: ``D``, the features of ``x_t``.
+          dtype: a floating dtype.
+
+        Returns:
+          the cell's params NamedTuple.
+        """
+        check_int("input_size", input_size)
+        dtype = check_dtype("dtype", dtype)
+        check_key("key", key)
+        return self._init(key, input_size, dtype)
+
+    def _init(self, key, input_size: int, dtype):
+        raise NotImplementedError
+
+    def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+        """The zero carry for inputs of leading shape ``batch_shape`` (an int or a tuple)."""
+        if isinstance(batch_shape, (int, np.integer)):
+            batch_shape = (batch_shape,)
+        dtype = check_dtype("dtype", dtype)
+        h = jnp.zeros((*tuple(batch_shape), self.hidden_size), dtype)
+        return self._carry_from_zeros(h)
+
+    def _carry_from_zeros(self, h):
+        return h
+
+    # -- the maths ---------------------------------------------------------------------------
+    def input_bias(self, params) -> Array:
+        """The bias added to ``x @ w_x`` (``b``; the GRU's ``b_x``)."""
+        return params.b
+
+    def project_inputs(self, params, x: Array) -> Array:
+        """``x @ w_x + b``: the part of a step that does not depend on the carry, ``(..., G)``."""
+        return add_bias(x @ params.w_x, self.input_bias(params))
+
+    def forward_step(self, params, carry_tm1, xp_t):
+        """One step from a projected input: ``(carry, residuals)`` (module docstring)."""
+        raise NotImplementedError
+
+    def backward_step(self, params, residuals, carry_tm1, carry, d_carry):
+        """The step backward: ``(d_pre, d_carry_tm1)`` (module docstring)."""
+        raise NotImplementedError
+
+    def param_grads(self, params, xs: Array, h_prev: Array, d_pre):
+        """``d_params`` for ``a = xs @ w_x + h_prev @ w_h + b`` from ``d_pre = d_a``, summed over
+        every leading axis."""
+        d_a = d_pre
+        return self.params_type(
+            w_x=outer_sum(xs, d_a),  # a = xs @ w_x + ...
+            w_h=outer_sum(h_prev, d_a),  # a = ... + h_prev @ w_h + ...
+            b=batch_sum(d_a),  # a = ... + b
+        )
+
+    def input_grads(self, params, d_pre) -> Array:
+        """``d_xs`` from ``d_pre = d_a``: ``a = xs @ w_x + ...``, backprop into x."""
+        return d_pre @ params.w_x.T
+
+    def step(self, params, carry, xp_t):
+        """One step from a projected input ``xp_t`` (see ``project_inputs``): ``(carry, y_t)``."""
+        carry, _ = self.forward_step(params, carry, xp_t)
+        return carry, self.output(carry)
+
+    def __call__(self, params, carry, x_t):
+        """One step: ``(params, carry, x_t) -> (carry, y_t)``; ``x_t`` is ``(*batch, D)``."""
+        self.check_params(params)
+        self.check_input(params, x_t, "x_t")
+        self.check_carry(carry, shape_of(x_t)[:-1], "carry")
+        return self.step(params, carry, self.project_inputs(params, x_t))
+
+    # -- the carry's output part -------------------------------------------------------------
+    @staticmethod
+    def output(carry) -> Array:
+        """The output ``y`` a carry stands for: its first leaf, ``h``."""
+        return jax.tree_util.tree_leaves(carry)[0]
+
+    @staticmethod
+    def add_to_output(carry, y: Array):
+        """``carry`` with ``y`` added to its output part (the output's cotangent joining the
+        carry's, since ``y_t = h_t``)."""
+        leaves, treedef = jax.tree_util.tree_flatten(carry)
+        return jax.tree_util.tree_unflatten(treedef, [leaves[0] + y, *leaves[1:]])
+
+    # -- validation --------------------------------------------------------------------------
+    def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        """``field -> shape`` of this cell's params for inputs of ``input_size`` features."""
+        H, G = self.hidden_size, self.gate_size
+        shapes = {"w_x": (input_size, G), "w_h": (H, G)}
+        for field in self.params_type._fields[2:]:
+            shapes[field] = (G,)
+        return shapes
+
+    def check_params(self, params) -> None:
+        """TypeError / ValueError unless ``params`` fit this cell."""
+        name = f"{type(self).__name__}(hidden_size={self.hidden_size})"
+        if not isinstance(params, self.params_type):
+            fail(f"params for {type(self).__name__}", self.params_type.__name__, type(params).__name__, TypeError)
+        w_x = shape_of(params.w_x)
+        if w_x is None or len(w_x) != 2 or w_x[1] != self.gate_size:
+            fail(f"params.w_x for {name}", f"(D, {self.gate_size})", w_x)
+        for field, expected in self.param_shapes(w_x[0]).items():
+            got = shape_of(getattr(params, field))
+            if got != expected:
+                fail(f"params.{field} for {name}", str(expected), got)
+
+    def check_input(self, params, x, argument: str) -> None:
+        shape = shape_of(x)
+        if shape is None or len(shape) < 1:
+            fail(argument, "an array (*batch, input_size)", shape)
+        D = self.input_size_of(params)
+        if shape[-1] != D:
+            fail(argument, f"an array with input_size {D} in its last axis", f"shape {shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            fail(argument, "floating point", f"dtype {x.dtype}", TypeError)
+
+    def check_carry(self, carry, batch_shape, argument: str) -> None:
+        expected = jax.eval_shape(lambda: self.initial_carry(batch_shape))
+        got_def = jax.tree_util.tree_structure(carry)
+        want_def = jax.tree_util.tree_structure(expected)
+        if got_def != want_def:
+            fail(f"{argument} for {type(self).__name__}", f"structured like {want_def}", got_def, TypeError)
+        for got, want in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(expected)):
+            if shape_of(got) != want.shape:
+                fail(
+                    f"{argument} for {type(self).__name__}",
+                    f"of shape {want.shape} (batch {tuple(batch_shape)}, hidden_size {self.hidden_size})",
+                    shape_of(got),
+                )
+
+    # -- interop: PyTorch's nn.RNN / nn.LSTM / nn.GRU layout ---------------------------------
+    torch_mode: ClassVar[str | None] = None
+    """``mode`` of the ``torch.nn.RNNBase`` this cell maps to, or None."""
+
+    def from_torch_weights(self, w_ih, w_hh, b_ih, b_hh):
+        """Params from one PyTorch layer direction's ``weight_ih (G, D)``, ``weight_hh (G, H)``
+        and biases ``(G,)`` (None without bias); the gate blocks are in the same order."""
+        zeros = jnp.zeros((w_ih.shape[0],), w_ih.dtype)
+        b_ih, b_hh = (zeros if b is None else b for b in (b_ih, b_hh))
+        return self.params_type(w_x=w_ih.T, w_h=w_hh.T, b=b_ih + b_hh)
+
+    def to_torch_weights(self, params):
+        """``(weight_ih, weight_hh, bias_ih, bias_hh)``; the sum ``b`` goes into ``bias_ih``."""
+        return params.w_x.T, params.w_h.T, params.b, jnp.zeros_like(params.b)
+
+    @classmethod
+    def from_torch_mode(cls, mode: str, hidden_size: int):
+        """The cell a ``torch.nn.RNNBase`` of ``mode`` converts to, or None."""
+        return None
+
+    # -- interop: Flax linen cells -----------------------------------------------------------
+    flax_kind: ClassVar[str | None] = None
+    """The name of the flax.linen cell this cell maps to (``jrnn.interop.from_flax``), or None."""
+    flax_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """``{Dense name: its leaves}``: the flax.linen cell's parameter tree (input Dense names
+    start with ``i``, recurrent ones with ``h``)."""
+
+    @classmethod
+    def from_flax_tree(cls, tree, hidden_size: int, activation=None):
+        """``(cell, params)`` from a flax.linen cell's (validated) parameter tree."""
+        raise NotImplementedError
+
+    def to_flax_tree(self, params) -> dict:
+        """The flax.linen cell's parameter tree computing what ``params`` compute."""
+        raise NotImplementedError
+
+    def carry_from_flax(self, carry):
+        """A flax.linen cell's carry as this cell's."""
+        return jnp.asarray(carry)
+
+    def carry_to_flax(self, carry):
+        """This cell's carry as the flax.linen cell's."""
+        return carry
+
+
+def flax_dense(kernel, bias=None) -> dict:
+    """One flax.linen ``Dense``'s parameters."""
+    return {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}
+
+
+def check_cell(cell: Any, argument: str = "cell") -> None:
+    """TypeError unless ``cell`` is a jrnn cell."""
+    if not isinstance(cell, Cell):
+        fail(argument, "a jrnn cell (a jrnn.Cell such as LSTMCell)", type(cell).__name__, TypeError)
