@@ -20,14 +20,16 @@ prediction, with the validation part strictly later in time than everything used
 from __future__ import annotations
 
 import importlib
-import numbers
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
+
+from jrnn._checks import check_array_dtype, check_choice, check_float, check_int, check_ndim, fail
 
 __all__ = [
     "STOCK_SYMBOLS",
     "StockSeries",
+    "StockSymbol",
     "aapl",
     "digits",
     "stock",
@@ -37,7 +39,10 @@ __all__ = [
 
 _INSTALL_HINT = 'pip install "jrnn[data]"'
 
-STOCK_SYMBOLS = ("AAPL", "AMZN", "GOOG", "IBM", "MSFT")
+StockSymbol = Literal["AAPL", "AMZN", "GOOG", "IBM", "MSFT"]
+"""A symbol in vega_datasets' bundled ``stocks.csv``."""
+
+STOCK_SYMBOLS: tuple[StockSymbol, ...] = ("AAPL", "AMZN", "GOOG", "IBM", "MSFT")
 """The symbols in vega_datasets' bundled ``stocks.csv``."""
 
 
@@ -59,6 +64,9 @@ def _require(module: str, package: str, loader: str):
 
 def sunspots(*, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Yearly mean sunspot numbers from 1700 to 2008 (statsmodels' ``sunspots`` data set).
+
+    Args:
+      dtype: dtype of ``values``.
 
     Returns:
       ``(years, values)``: int64 ``(309,)`` years 1700, 1701, ..., 2008 and ``(309,)`` sunspot
@@ -82,7 +90,7 @@ class StockSeries(NamedTuple):
     log_returns: np.ndarray    # (n - 1,)
 
 
-def stock(symbol: str = "AAPL", start: str = "2000", end: str = "2010", *,
+def stock(symbol: StockSymbol = "AAPL", start: str = "2000", end: str = "2010", *,
           dtype=np.float32) -> StockSeries:
     """Monthly prices of ``symbol`` between ``start`` and ``end`` from vega_datasets' ``stocks``.
 
@@ -100,23 +108,22 @@ def stock(symbol: str = "AAPL", start: str = "2000", end: str = "2010", *,
     Returns:
       A :class:`StockSeries` ``(dates, prices, log_returns)``.
     """
-    if symbol not in STOCK_SYMBOLS:
-        raise ValueError(f"symbol: expected one of {list(STOCK_SYMBOLS)}, got {symbol!r}")
+    check_choice("symbol", symbol, STOCK_SYMBOLS)
     vega = _require("vega_datasets", "vega_datasets", "stock")
     frame = vega.local_data.stocks()
     frame = frame[frame["symbol"] == symbol].set_index("date").sort_index()
+    bad_dates = None
     try:
         frame = frame.loc[start:end]
     except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(
-            f"start, end: expected date strings such as '2000' or '2003-07', got {start!r} and "
-            f"{end!r} ({err})"
-        ) from None
+        bad_dates = f"{start!r} and {end!r} ({err})"
+    if bad_dates is not None:
+        fail("start and end", "date strings such as '2000' or '2003-07'", bad_dates)
     if len(frame) < 2:
-        raise ValueError(
-            f"start, end: expected a range with at least 2 months of {symbol} data "
-            f"(available 2000-01 to 2010-03), got {start!r} to {end!r} with {len(frame)}"
-        )
+        fail(
+            "start and end", f"a range with at least 2 months of {symbol} data (available "
+            f"2000-01 to 2010-03)", f"{start!r} to {end!r} with {len(frame)} months",
+        )  # fmt: skip
     dates = frame.index.to_numpy().astype("datetime64[D]")
     prices = frame["price"].to_numpy().astype(np.float64)
     log_returns = np.diff(np.log(prices))
@@ -127,6 +134,14 @@ def aapl(start: str = "2000", end: str = "2010", *, dtype=np.float32) -> StockSe
     """Apple's monthly prices and log returns: ``stock("AAPL", start, end)``.
 
     With the defaults, the 123 months from 2000-01 to 2010-03.
+
+    Args:
+      start: first date kept, e.g. ``"2000"`` or ``"2003-07"``.
+      end: last date kept.
+      dtype: dtype of ``prices`` and ``log_returns``.
+
+    Returns:
+      A :class:`StockSeries` ``(dates, prices, log_returns)``.
     """
     return stock("AAPL", start, end, dtype=dtype)
 
@@ -137,6 +152,9 @@ def digits(*, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     Each 8x8 image is read top to bottom, one row of 8 pixels per time step, with intensities
     scaled from 0..16 to [0, 1]: a sequence classification task with 10 classes, scored at the
     last step.
+
+    Args:
+      dtype: dtype of ``xs``.
 
     Returns:
       ``xs`` ``(1797, 8, 8)`` = ``(B, T, D)`` in ``dtype`` and ``labels`` int32 ``(1797,)``.
@@ -193,16 +211,11 @@ def windows(series, window: int, *, horizon: int = 1, val_fraction: float = 0.2)
       for a last-step loss.
     """
     series = np.asarray(series)
-    if series.ndim not in (1, 2):
-        raise ValueError(f"series: expected shape (N,) or (N, D), got {series.shape}")
-    if not (np.issubdtype(series.dtype, np.floating) or np.issubdtype(series.dtype, np.integer)):
-        raise TypeError(f"series: expected a real numeric dtype, got {series.dtype}")
-    for name, value in (("window", window), ("horizon", horizon)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real)
-            or not 0 <= val_fraction < 1):
-        raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
+    check_ndim("series", series, (1, 2), "(N,) or (N, D)")
+    check_array_dtype("series", series, "real")
+    window = check_int("window", window)
+    horizon = check_int("horizon", horizon)
+    check_float("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
     if series.ndim == 1:
         series = series[:, None]
     length = series.shape[0]
@@ -210,14 +223,16 @@ def windows(series, window: int, *, horizon: int = 1, val_fraction: float = 0.2)
     n_train = length - n_val
     span = window + horizon
     if n_train < span:
-        raise ValueError(
-            f"series: the training part has {n_train} values but one sample needs window + "
-            f"horizon = {span}; got a series of length {length} with val_fraction={val_fraction}"
-        )
+        fail(
+            "series", f"long enough that its training part holds one sample, window + horizon = "
+            f"{span} values", f"a training part of {n_train} values (length {length}, "
+            f"val_fraction={val_fraction})",
+        )  # fmt: skip
     if n_val and n_val < span:
-        raise ValueError(
-            f"val_fraction: the validation part has {n_val} values but one sample needs window "
-            f"+ horizon = {span}; use a larger val_fraction or 0, got {val_fraction}"
-        )
+        fail(
+            "val_fraction", f"0 or large enough that the validation part holds one sample, "
+            f"window + horizon = {span} values", f"{val_fraction} (a validation part of {n_val} "
+            f"values)",
+        )  # fmt: skip
     return (_sliding(series[:n_train], window, horizon),
             _sliding(series[n_train:], window, horizon))

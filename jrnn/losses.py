@@ -1,5 +1,7 @@
 """Sequence losses with masking, and their derivatives written out by hand.
 
+Shapes: ``B`` batch, ``T`` time steps, ``O`` regression outputs, ``K`` classes.
+
 Every loss takes the network's per-step outputs ``(B, T, ·)`` and scores either every valid step
 or only the last valid step of each sequence, chosen by the rank of the targets:
 
@@ -33,16 +35,25 @@ as well.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.unroll import check_seq_lengths
+from jrnn._checks import (
+    check_array_dtype,
+    check_choice,
+    check_ndim,
+    check_seq_lengths,
+    fail,
+    is_concrete,
+    shape_of,
+)
 
 __all__ = [
     "LOSSES",
+    "LossName",
     "LossPair",
     "cross_entropy",
     "cross_entropy_value_and_grad",
@@ -57,20 +68,26 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_preds(name: str, preds) -> jax.Array:
+def _check_preds(argument: str, preds, layout: str) -> jax.Array:
+    """``preds``/``logits``: a floating ``(B, T, ·)`` array."""
     preds = jnp.asarray(preds)
-    if preds.ndim != 3:
-        raise ValueError(
-            f"{name}: expected a 3-D array (B, T, {'K' if name == 'logits' else 'O'}), "
-            f"got shape {preds.shape}"
-        )
-    if not jnp.issubdtype(preds.dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating dtype, got {preds.dtype}")
+    check_ndim(argument, preds, 3, layout)
+    check_array_dtype(argument, preds, "floating")
     return preds
+
+
+def _check_targets(argument: str, targets, every_step: tuple[int, ...], last_step: tuple[int, ...],
+                   layouts: tuple[str, str]) -> bool:  # fmt: skip
+    """``targets``/``labels`` of shape ``every_step`` or ``last_step``; True for ``every_step``."""
+    shape = shape_of(targets)
+    if shape not in (every_step, last_step):
+        fail(
+            argument,
+            f"{layouts[0]} = {every_step} to score every valid step or {layouts[1]} = "
+            f"{last_step} to score the last valid step only",
+            f"shape {shape}",
+        )
+    return shape == every_step
 
 
 def _scored_mask(batch: int, steps: int, seq_lengths, every_step: bool) -> jax.Array:
@@ -96,32 +113,14 @@ def _count(scored: jax.Array, dtype) -> jax.Array:
 
 def _mse_residual(preds, targets, seq_lengths):
     """Validated inputs -> (masked residual ``s_bt (p_bto - y_bto)``, ``O · max(N, 1)``)."""
-    preds = _check_preds("preds", preds)
+    preds = _check_preds("preds", preds, "(B, T, O)")
     batch, steps, out = preds.shape
     targets = jnp.asarray(targets)
-    if not (jnp.issubdtype(targets.dtype, jnp.floating)
-            or jnp.issubdtype(targets.dtype, jnp.integer)):
-        raise TypeError(f"targets: expected a real numeric dtype, got {targets.dtype}")
-    if targets.ndim == 3:
-        if targets.shape != preds.shape:
-            raise ValueError(
-                f"targets: expected shape (B, T, O) = {preds.shape} (every step) or "
-                f"(B, O) = {(batch, out)} (last step), got {targets.shape}"
-            )
-        every_step = True
-    elif targets.ndim == 2:
-        if targets.shape != (batch, out):
-            raise ValueError(
-                f"targets: expected shape (B, O) = {(batch, out)} (last step) or "
-                f"(B, T, O) = {preds.shape} (every step), got {targets.shape}"
-            )
+    check_array_dtype("targets", targets, "real")
+    every_step = _check_targets("targets", targets, preds.shape, (batch, out),
+                                ("(B, T, O)", "(B, O)"))
+    if not every_step:
         targets = jnp.broadcast_to(targets[:, None, :], preds.shape)   # (B, T, O)
-        every_step = False
-    else:
-        raise ValueError(
-            f"targets: expected shape (B, T, O) = {preds.shape} or (B, O) = {(batch, out)}, "
-            f"got {targets.shape}"
-        )
     seq_lengths = check_seq_lengths(seq_lengths, batch, steps)
     targets = targets.astype(preds.dtype)
     scored = _scored_mask(batch, steps, seq_lengths, every_step)[:, :, None]   # (B, T, 1)
@@ -159,6 +158,11 @@ def mse_value_and_grad(preds, targets, seq_lengths=None) -> tuple[jax.Array, jax
 
         \frac{\partial \mathcal{L}}{\partial p_{bto}} = \frac{2}{O N}\, s_{bt}\,(p_{bto} - y_{bto})
 
+    Args:
+      preds: ``(B, T, O)`` floating predictions.
+      targets: ``(B, T, O)`` or ``(B, O)``, as in :func:`mse`.
+      seq_lengths: optional ``(B,)`` integer valid lengths in ``[0, T]``.
+
     Returns:
       ``(loss, d_preds)`` with ``d_preds`` of shape ``(B, T, O)``, zero at unscored steps.
     """
@@ -185,40 +189,20 @@ def _log_softmax(logits: jax.Array) -> jax.Array:
 
 def _cross_entropy_parts(logits, labels, seq_lengths):
     """Validated inputs -> (log-probs, in-range labels, scored mask (B, T), ``max(N, 1)``)."""
-    logits = _check_preds("logits", logits)
+    logits = _check_preds("logits", logits, "(B, T, K)")
     batch, steps, classes = logits.shape
     labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
-    if labels.ndim == 2:
-        if labels.shape != (batch, steps):
-            raise ValueError(
-                f"labels: expected shape (B, T) = {(batch, steps)} (every step) or "
-                f"(B,) = ({batch},) (last step), got {labels.shape}"
-            )
-        every_step = True
-    elif labels.ndim == 1:
-        if labels.shape != (batch,):
-            raise ValueError(
-                f"labels: expected shape (B,) = ({batch},) (last step) or "
-                f"(B, T) = {(batch, steps)} (every step), got {labels.shape}"
-            )
+    check_array_dtype("labels", labels, "integer", "(class indices)")
+    every_step = _check_targets("labels", labels, (batch, steps), (batch,), ("(B, T)", "(B,)"))
+    if not every_step:
         labels = jnp.broadcast_to(labels[:, None], (batch, steps))    # (B, T)
-        every_step = False
-    else:
-        raise ValueError(
-            f"labels: expected shape (B, T) = {(batch, steps)} or (B,) = ({batch},), "
-            f"got {labels.shape}"
-        )
     seq_lengths = check_seq_lengths(seq_lengths, batch, steps)
     scored = _scored_mask(batch, steps, seq_lengths, every_step)       # (B, T)
-    if _is_concrete(labels) and _is_concrete(scored):
+    if is_concrete(labels) and is_concrete(scored):
         used = np.asarray(labels)[np.asarray(scored)]
         if used.size and (used.min() < 0 or used.max() >= classes):
-            raise ValueError(
-                f"labels: expected class indices in [0, K) = [0, {classes}) at scored steps, "
-                f"got min {used.min()} and max {used.max()}"
-            )
+            fail("labels", f"class indices in [0, K) = [0, {classes}) at scored steps",
+                 f"values in [{used.min()}, {used.max()}]")
     labels = jnp.where(scored, labels, 0)
     return _log_softmax(logits), labels, scored, _count(scored, logits.dtype)
 
@@ -255,6 +239,11 @@ def cross_entropy_value_and_grad(logits, labels, seq_lengths=None) -> tuple[jax.
         \frac{\partial \mathcal{L}}{\partial z_{btk}}
             = \frac{1}{N}\, s_{bt} \big(\mathrm{softmax}(z_{bt})_k - [k = y_{bt}]\big)
 
+    Args:
+      logits: ``(B, T, K)`` floating unnormalized scores.
+      labels: integer class indices ``(B, T)`` or ``(B,)``, as in :func:`cross_entropy`.
+      seq_lengths: optional ``(B,)`` integer valid lengths in ``[0, T]``.
+
     Returns:
       ``(loss, d_logits)`` with ``d_logits`` of shape ``(B, T, K)``, zero at unscored steps.
     """
@@ -280,21 +269,25 @@ class LossPair(NamedTuple):
     value_and_grad: Callable[..., tuple[jax.Array, jax.Array]]
 
 
+LossName = Literal["mse", "cross_entropy"]
+"""The names in :data:`LOSSES`."""
+
 LOSSES: dict[str, LossPair] = {
     "mse": LossPair(mse, mse_value_and_grad),
     "cross_entropy": LossPair(cross_entropy, cross_entropy_value_and_grad),
 }
 
 
-def get_loss(name: str) -> LossPair:
+def get_loss(name: LossName) -> LossPair:
     """The ``(loss, value_and_grad)`` pair registered under ``name`` in :data:`LOSSES`.
+
+    Args:
+      name: a key of :data:`LOSSES`: ``"mse"`` or ``"cross_entropy"``.
+
+    Returns:
+      The :class:`LossPair` ``(loss, value_and_grad)``.
 
     Raises:
       ValueError: ``name`` is not a key of :data:`LOSSES`.
     """
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"loss: expected one of {sorted(LOSSES)}, got {name!r}"
-        ) from None
+    return LOSSES[check_choice("loss", name, LOSSES)]

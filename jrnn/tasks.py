@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jrnn._checks import check_float, check_int, check_key
 
 __all__ = [
     "ADDING_BASELINE_MSE",
@@ -53,41 +53,6 @@ __all__ = [
     "timing",
     "timing_baseline_mse",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_key(key) -> jax.Array:
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        if key.shape == ():
-            return key
-    elif dtype == np.uint32 and getattr(key, "ndim", None) == 1:
-        return key
-    raise TypeError(
-        "key: expected a single PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed), "
-        f"got {type(key).__name__} with dtype {dtype} and shape {getattr(key, 'shape', None)}"
-    )
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value, low: float, high: float = math.inf,
-                 low_open: bool = False) -> float:
-    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
-          and math.isfinite(value) and (value > low if low_open else value >= low)
-          and value <= high)
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name}: expected a number in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +79,12 @@ def sine_curve(t):
     r"""The seed's clean signal ``f(t) = sin(πt/3) + cos(πt/3) + sin(πt/1.5)``.
 
     Over a period its mean is 0 and its mean square 3/2 (the three terms are orthogonal).
+
+    Args:
+      t: times, an array of any shape (or a number).
+
+    Returns:
+      ``f(t)``, with the shape of ``t``.
     """
     return jnp.sin(jnp.pi * t / 3) + jnp.cos(jnp.pi * t / 3) + jnp.sin(jnp.pi * t / 1.5)
 
@@ -127,14 +98,21 @@ def sine_series(key, length: int, *, noise: float = SINE_NOISE,
     (``window=10`` reproduces the seed's "10 past values predict the next" setup, with the
     validation part strictly later in time).
 
+    Args:
+      key: a PRNG key.
+      length: the number of samples.
+      noise: half-width of the uniform noise (0 for the clean curve).
+      sample_gap: time between samples, ``> 0``.
+      start: time of the first sample.
+
     Returns:
       float32 ``(length,)``.
     """
-    key = _check_key(key)
-    length = _check_int("length", length)
-    noise = _check_float("noise", noise, 0.0)
-    sample_gap = _check_float("sample_gap", sample_gap, 0.0, low_open=True)
-    start = _check_float("start", start, -math.inf)
+    key = check_key("key", key)
+    length = check_int("length", length)
+    noise = check_float("noise", noise, 0.0)
+    sample_gap = check_float("sample_gap", sample_gap, 0.0, low_open=True)
+    start = check_float("start", start)
     return _sine_series(key, length, noise, sample_gap, start)
 
 
@@ -169,11 +147,11 @@ def sine(key, batch_size: int, seq_len: int = 50, *, noise: float = SINE_NOISE,
     Returns:
       ``xs`` float32 ``(B, T, 1)`` and ``targets`` float32 ``(B, T, 1)``.
     """
-    key = _check_key(key)
-    batch_size = _check_int("batch_size", batch_size)
-    seq_len = _check_int("seq_len", seq_len)
-    noise = _check_float("noise", noise, 0.0)
-    sample_gap = _check_float("sample_gap", sample_gap, 0.0, low_open=True)
+    key = check_key("key", key)
+    batch_size = check_int("batch_size", batch_size)
+    seq_len = check_int("seq_len", seq_len)
+    noise = check_float("noise", noise, 0.0)
+    sample_gap = check_float("sample_gap", sample_gap, 0.0, low_open=True)
     return _sine(key, batch_size, seq_len, noise, sample_gap)
 
 
@@ -204,8 +182,14 @@ def timing_baseline_mse(trigger_prob: float = 0.05) -> float:
     ``E[W] = (1 - p)/p``, so the target is 0.5 for a fraction ``φ = 5.5 / (5.5 + (1 - p)/p)`` of
     the steps; the best constant ``0.5 φ`` leaves ``MSE = φ (1 - φ) / 4`` (0.0435 at
     ``p = 0.05``). Sequences start idle, so short ones sit slightly below this.
+
+    Args:
+      trigger_prob: the ``trigger_prob`` of :func:`timing`, in ``(0, 1]``.
+
+    Returns:
+      The baseline MSE, a Python float.
     """
-    p = _check_float("trigger_prob", trigger_prob, 0.0, 1.0, low_open=True)
+    p = check_float("trigger_prob", trigger_prob, 0.0, 1.0, low_open=True)
     mean_duration = (_TIMING_MAX_DURATION + 1) / 2
     on = mean_duration / (mean_duration + (1 - p) / p)
     return on * (1 - on) / 4
@@ -234,10 +218,10 @@ def timing(key, batch_size: int, seq_len: int = 200, *,
     Returns:
       ``xs`` float32 ``(B, T, 2)`` = ``(u1, u2)`` and ``targets`` float32 ``(B, T, 1)``.
     """
-    key = _check_key(key)
-    batch_size = _check_int("batch_size", batch_size)
-    seq_len = _check_int("seq_len", seq_len)
-    trigger_prob = _check_float("trigger_prob", trigger_prob, 0.0, 1.0, low_open=True)
+    key = check_key("key", key)
+    batch_size = check_int("batch_size", batch_size)
+    seq_len = check_int("seq_len", seq_len)
+    trigger_prob = check_float("trigger_prob", trigger_prob, 0.0, 1.0, low_open=True)
     return _timing(key, batch_size, seq_len, trigger_prob)
 
 
@@ -281,12 +265,17 @@ def adding(key, batch_size: int, seq_len: int = 100) -> tuple[jax.Array, jax.Arr
 
     Baseline: predicting 1 (the mean) gives ``Var = 1/6`` = :data:`ADDING_BASELINE_MSE`.
 
+    Args:
+      key: a PRNG key.
+      batch_size: ``B``.
+      seq_len: ``T >= 2``.
+
     Returns:
       ``xs`` float32 ``(B, T, 2)`` and ``targets`` float32 ``(B, 1)``.
     """
-    key = _check_key(key)
-    batch_size = _check_int("batch_size", batch_size)
-    seq_len = _check_int("seq_len", seq_len, minimum=2)
+    key = check_key("key", key)
+    batch_size = check_int("batch_size", batch_size)
+    seq_len = check_int("seq_len", seq_len, minimum=2)
     return _adding(key, batch_size, seq_len)
 
 
@@ -314,10 +303,18 @@ def copy_memory_baseline(lag: int, num_symbols: int = 8, copy_len: int = 10) -> 
     Predict the blank for the first ``lag + copy_len`` steps (no loss) and a uniform symbol for
     the last ``copy_len``: ``copy_len · ln(num_symbols) / (lag + 2·copy_len)``, i.e.
     ``10 ln 8 / (T + 20)`` in Arjovsky et al. (2016).
+
+    Args:
+      lag: ``T``, as in :func:`copy_memory`.
+      num_symbols: ``K``.
+      copy_len: the number of symbols to copy.
+
+    Returns:
+      The baseline cross-entropy per step, a Python float.
     """
-    lag = _check_int("lag", lag)
-    num_symbols = _check_int("num_symbols", num_symbols)
-    copy_len = _check_int("copy_len", copy_len)
+    lag = check_int("lag", lag)
+    num_symbols = check_int("num_symbols", num_symbols)
+    copy_len = check_int("copy_len", copy_len)
     return copy_len * math.log(num_symbols) / (lag + 2 * copy_len)
 
 
@@ -336,15 +333,22 @@ def copy_memory(key, batch_size: int, lag: int, num_symbols: int = 8,
 
     Baseline: :func:`copy_memory_baseline` (``10 ln 8 / (T + 20)`` by default).
 
+    Args:
+      key: a PRNG key.
+      batch_size: ``B``.
+      lag: ``T``, the number of steps from the last input symbol to the delimiter.
+      num_symbols: ``K``, the alphabet size.
+      copy_len: the number of symbols to copy.
+
     Returns:
       ``xs`` float32 one-hot ``(B, T_total, K + 2)`` and ``targets`` int32 labels
       ``(B, T_total)``, scored at every step.
     """
-    key = _check_key(key)
-    batch_size = _check_int("batch_size", batch_size)
-    lag = _check_int("lag", lag)
-    num_symbols = _check_int("num_symbols", num_symbols)
-    copy_len = _check_int("copy_len", copy_len)
+    key = check_key("key", key)
+    batch_size = check_int("batch_size", batch_size)
+    lag = check_int("lag", lag)
+    num_symbols = check_int("num_symbols", num_symbols)
+    copy_len = check_int("copy_len", copy_len)
     return _copy_memory(key, batch_size, lag, num_symbols, copy_len)
 
 
@@ -392,13 +396,18 @@ def temporal_order(key, batch_size: int, seq_len: int = 100) -> tuple[jax.Array,
     Baseline: :data:`TEMPORAL_ORDER_BASELINE_CE` ``= ln 4`` and
     :data:`TEMPORAL_ORDER_BASELINE_ACCURACY` ``= 1/4``.
 
+    Args:
+      key: a PRNG key.
+      batch_size: ``B``.
+      seq_len: ``T >= 10``.
+
     Returns:
       ``xs`` float32 one-hot ``(B, T, 8)`` over :data:`TEMPORAL_ORDER_SYMBOLS` and ``labels``
       int32 ``(B,)``.
     """
-    key = _check_key(key)
-    batch_size = _check_int("batch_size", batch_size)
-    seq_len = _check_int("seq_len", seq_len, minimum=10)
+    key = check_key("key", key)
+    batch_size = check_int("batch_size", batch_size)
+    seq_len = check_int("seq_len", seq_len, minimum=10)
     return _temporal_order(key, batch_size, seq_len)
 
 

@@ -72,10 +72,11 @@ def test_stock_date_range_is_inclusive():
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        ({"symbol": "TSLA"}, r"symbol: expected one of \['AAPL', .*\], got 'TSLA'"),
-        ({"start": "2010", "end": "2000"}, r"start, end: expected a range with at least 2 months"),
-        ({"start": "2012", "end": "2013"}, r"got '2012' to '2013' with 0"),
-        ({"start": "not a date"}, r"start, end: expected date strings"),
+        ({"symbol": "TSLA"}, r"symbol must be one of \['AAPL', 'AMZN', 'GOOG', 'IBM', 'MSFT'\], "
+                             r"got 'TSLA'"),
+        ({"start": "2010", "end": "2000"}, r"start and end must be a range with at least 2 months"),
+        ({"start": "2012", "end": "2013"}, r"start and end must be .* got '2012' to '2013' with 0"),
+        ({"start": "not a date"}, r"start and end must be date strings .* got 'not a date'"),
     ],
 )
 def test_stock_errors(kwargs, pattern):
@@ -196,18 +197,22 @@ def test_windows_never_look_ahead(length, window, horizon, val_fraction):
     "args, kwargs, error, pattern",
     [
         ((np.zeros((4, 2, 2)), 2), {}, ValueError,
-         r"series: expected shape \(N,\) or \(N, D\), got \(4, 2, 2\)"),
-        ((np.array(["a", "b", "c"]), 1), {}, TypeError, r"series: expected a real numeric dtype"),
-        ((np.arange(10.0), 0), {}, ValueError, r"window: expected an integer >= 1, got 0"),
-        ((np.arange(10.0), 2.5), {}, ValueError, r"window: .* got 2.5"),
-        ((np.arange(10.0), 2), {"horizon": 0}, ValueError, r"horizon: expected an integer >= 1"),
+         r"series must be \(N,\) or \(N, D\), got shape \(4, 2, 2\)"),
+        ((np.array(["a", "b", "c"]), 1), {}, TypeError,
+         r"series must be real numbers .* got dtype <U1"),
+        ((np.arange(10.0) > 5, 1), {}, TypeError, r"series must be real numbers .* got dtype bool"),
+        ((np.arange(10.0), 0), {}, ValueError, r"window must be a positive int, got 0"),
+        ((np.arange(10.0), 2.5), {}, ValueError, r"window must be .* got 2.5"),
+        ((np.arange(10.0), 2), {"horizon": 0}, ValueError, r"horizon must be a positive int, got 0"),
         ((np.arange(10.0), 2), {"val_fraction": 1.0}, ValueError,
-         r"val_fraction: expected a number in \[0, 1\), got 1.0"),
-        ((np.arange(10.0), 2), {"val_fraction": -0.1}, ValueError, r"val_fraction: .* -0.1"),
+         r"val_fraction must be a number in \[0, 1\), got 1.0"),
+        ((np.arange(10.0), 2), {"val_fraction": -0.1}, ValueError, r"val_fraction must be .* -0.1"),
         ((np.arange(10.0), 9), {"val_fraction": 0.2}, ValueError,
-         r"series: the training part has 8 values but one sample needs window \+ horizon = 10"),
+         r"series must be long enough .* window \+ horizon = 10 values, got a training part of 8 "
+         r"values"),
         ((np.arange(100.0), 9), {"val_fraction": 0.05}, ValueError,
-         r"val_fraction: the validation part has 5 values but one sample needs .* = 10"),
+         r"val_fraction must be 0 or large enough .* = 10 values, got 0.05 \(a validation part of "
+         r"5 values\)"),
     ],
 )
 def test_windows_errors(args, kwargs, error, pattern):

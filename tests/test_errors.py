@@ -27,7 +27,7 @@ def lstm_setup(B=2, T=5, D=3, H=4):
         (lambda: jrnn.GRUCell(2.5), r"hidden_size must be a positive int, got 2.5"),
         (lambda: jrnn.LSTMCell(4, recurrent_scale=float("nan")), r"recurrent_scale must be a finite number"),
         (lambda: jrnn.RNN(jrnn.LSTMCell(4), num_layers=0), r"num_layers must be a positive int, got 0"),
-        (lambda: jrnn.RNN(jrnn.LSTMCell(4), dropout=1.0), r"dropout must be a probability in \[0, 1\), got 1.0"),
+        (lambda: jrnn.RNN(jrnn.LSTMCell(4), dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
         (lambda: jrnn.RNN(jrnn.LSTMCell(4), output_size=0), r"output_size must be None or a positive int, got 0"),
     ],
 )
@@ -51,19 +51,19 @@ def test_unroll_input_errors():
     cell, p, xs = lstm_setup()
     with pytest.raises(ValueError, match=r"xs must be \(B, T, D\) or unbatched \(T, D\), got shape \(2, 5, 3, 1\)"):
         jrnn.unroll(cell, p, xs[..., None])
-    with pytest.raises(ValueError, match=r"xs must have input_size 3 in its last axis, got shape \(2, 5, 7\)"):
+    with pytest.raises(ValueError, match=r"xs must be an array with input_size 3 in its last axis, got shape \(2, 5, 7\)"):
         jrnn.unroll(cell, p, jnp.ones((2, 5, 7)))
     with pytest.raises(TypeError, match="xs must be floating point, got dtype int32"):
         jrnn.unroll(cell, p, jnp.ones((2, 5, 3), jnp.int32))
     with pytest.raises(ValueError, match="at least one time step"):
         jrnn.unroll(cell, p, jnp.ones((2, 0, 3)))
-    with pytest.raises(ValueError, match=r"seq_lengths must have shape \(2,\) .*got \(3,\)"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be of shape \(2,\) .*got \(3,\)"):
         jrnn.unroll(cell, p, xs, seq_lengths=jnp.array([1, 2, 3]))
     with pytest.raises(TypeError, match="seq_lengths must be integers, got dtype float"):
         jrnn.unroll(cell, p, xs, seq_lengths=jnp.array([1.0, 2.0]))
-    with pytest.raises(ValueError, match=r"seq_lengths must lie in \[0, 5\].*got values in \[2, 6\]"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be in \[0, 5\].*got values in \[2, 6\]"):
         jrnn.unroll(cell, p, xs, seq_lengths=jnp.array([2, 6]))
-    with pytest.raises(ValueError, match=r"seq_lengths must lie in \[0, 5\].*\[-1, 3\]"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be in \[0, 5\].*\[-1, 3\]"):
         jrnn.unroll(cell, p, xs, seq_lengths=np.array([-1, 3]))
     with pytest.raises(ValueError, match="backward must be one of"):
         jrnn.unroll(cell, p, xs, backward="magic")
@@ -83,15 +83,15 @@ def test_unroll_params_and_carry_errors():
         jrnn.unroll(cell, p._replace(w_x=jnp.ones((3, 12))), xs)
     with pytest.raises(TypeError, match="carry for LSTMCell must be structured like"):
         jrnn.unroll(cell, p, xs, jnp.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"carry for LSTMCell must have shape \(2, 4\) .*got \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"carry for LSTMCell must be of shape \(2, 4\) .*got \(3, 4\)"):
         jrnn.unroll(cell, p, xs, jrnn.LSTMCarry(jnp.zeros((3, 4)), jnp.zeros((3, 4))))
 
 
 def test_errors_raise_under_jit_before_xla():
     cell, p, xs = lstm_setup()
-    with pytest.raises(ValueError, match="xs must have input_size 3"):
+    with pytest.raises(ValueError, match="xs must be an array with input_size 3"):
         jax.jit(lambda p, xs: jrnn.unroll(cell, p, xs))(p, jnp.ones((2, 5, 4)))
-    with pytest.raises(ValueError, match=r"seq_lengths must have shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be of shape \(2,\)"):
         jax.jit(lambda p, xs, n: jrnn.unroll(cell, p, xs, seq_lengths=n))(p, xs, jnp.array([1, 2, 3]))
 
 
@@ -101,15 +101,15 @@ def test_network_errors():
     xs = jnp.ones((2, 5, 3))
     with pytest.raises(TypeError, match="params must be NetworkParams"):
         model.apply(params.layers, xs)
-    with pytest.raises(ValueError, match="params.layers must hold num_layers=2 entries, got 1"):
+    with pytest.raises(ValueError, match="params.layers must be a tuple of num_layers=2 entries, got 1"):
         model.apply(params._replace(layers=params.layers[:1]), xs)
-    with pytest.raises(TypeError, match=r"params.layers\[1\] must be a \(forward, backward\) tuple"):
+    with pytest.raises(TypeError, match=r"params.layers\[1\] must be a \(forward, backward\) pair"):
         model.apply(params._replace(layers=(params.layers[0], params.layers[1][0])), xs)
     with pytest.raises(ValueError, match="params.readout must be None"):
         jrnn.RNN(jrnn.GRUCell(4), num_layers=2, bidirectional=True).apply(params, xs)
     with pytest.raises(ValueError, match=r"params.readout.w must be \(8, 2\), got \(4, 2\)"):
         model.apply(params._replace(readout=jrnn.Readout(jnp.ones((4, 2)), jnp.ones(2))), xs)
-    with pytest.raises(ValueError, match=r"xs must have input_size 3 in its last axis, got shape \(2, 5, 6\)"):
+    with pytest.raises(ValueError, match=r"xs must be an array with input_size 3 in its last axis, got shape \(2, 5, 6\)"):
         model.apply(params, jnp.ones((2, 5, 6)))
     with pytest.raises(TypeError, match="carries must be a tuple with num_layers=2 entries, got 1"):
         model.apply(params, xs, (jnp.zeros((2, 4)),))
@@ -117,9 +117,9 @@ def test_network_errors():
         model.apply(params, xs, (jnp.zeros((2, 4)), jnp.zeros((2, 4))))
     good = model.initial_carries((2,))
     bad = (good[0], (good[1][0], jnp.zeros((5, 4))))
-    with pytest.raises(ValueError, match=r"carries\[1\]\[1\] for GRUCell must have shape \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"carries\[1\]\[1\] for GRUCell must be of shape \(2, 4\)"):
         model.apply(params, xs, bad)
-    with pytest.raises(ValueError, match=r"seq_lengths must have shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be of shape \(2,\)"):
         model.apply(params, xs, seq_lengths=jnp.array([5]))
 
 
@@ -146,3 +146,41 @@ def test_random_shapes(kind, B, T, D, H, bidirectional, seed):
     assert np.all(np.isfinite(ys))
     pad = np.arange(T)[None, :] >= np.asarray(lengths)[:, None]
     np.testing.assert_array_equal(np.asarray(ys)[pad], 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses, tasks and datasets speak the same dialect
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argument, call, error",
+    [
+        ("preds", lambda: jrnn.losses.mse(jnp.ones((2, 3)), jnp.ones((2, 3))), ValueError),
+        ("targets", lambda: jrnn.losses.mse(jnp.ones((2, 3, 1)), jnp.ones((3, 1))), ValueError),
+        ("targets", lambda: jrnn.losses.mse(jnp.ones((2, 3, 1)), jnp.ones((2, 1), bool)), TypeError),
+        ("logits", lambda: jrnn.losses.cross_entropy(jnp.ones((2, 3, 4), jnp.int32), jnp.zeros((2,), jnp.int32)),
+         TypeError),
+        ("labels", lambda: jrnn.losses.cross_entropy(jnp.ones((2, 3, 4)), jnp.ones((2, 3))), TypeError),
+        ("labels", lambda: jax.jit(jrnn.losses.cross_entropy)(jnp.ones((2, 3, 4)), jnp.zeros((2, 4), jnp.int32)),
+         ValueError),
+        ("labels", lambda: jrnn.losses.cross_entropy(jnp.ones((2, 3, 4)), jnp.array([0, 4])), ValueError),
+        ("seq_lengths", lambda: jrnn.losses.mse(jnp.ones((2, 3, 1)), jnp.ones((2, 1)), jnp.array([1, 4])),
+         ValueError),
+        ("loss", lambda: jrnn.losses.get_loss("hinge"), ValueError),
+        ("key", lambda: jrnn.tasks.adding(0, 4, 10), TypeError),
+        ("batch_size", lambda: jrnn.tasks.copy_memory(KEY, 0, 5), ValueError),
+        ("seq_len", lambda: jrnn.tasks.temporal_order(KEY, 4, 3), ValueError),
+        ("trigger_prob", lambda: jrnn.tasks.timing(KEY, 4, trigger_prob=2.0), ValueError),
+        ("series", lambda: jrnn.datasets.windows(np.zeros((3, 2, 2)), 1), ValueError),
+        ("series", lambda: jrnn.datasets.windows(np.arange(5.0), 4), ValueError),
+        ("window", lambda: jrnn.datasets.windows(np.arange(10.0), 0), ValueError),
+        ("val_fraction", lambda: jrnn.datasets.windows(np.arange(10.0), 2, val_fraction=1.5), ValueError),
+        ("symbol", lambda: jrnn.datasets.stock("TSLA"), ValueError),
+    ],
+)
+def test_losses_tasks_datasets_errors_name_argument_expectation_and_value(argument, call, error):
+    """``{argument} must be {expected}, got {given}``, raised before XLA (also under jit)."""
+    # (no ``$``: under jit JAX appends a note on traceback filtering after a newline)
+    with pytest.raises(error, match=rf"^{argument} must be [^\n]+, got [^\n]+"):
+        call()

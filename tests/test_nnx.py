@@ -201,7 +201,7 @@ def test_errors():
         rnn(xs)
     rnn.eval()
     rnn(xs)
-    with pytest.raises(ValueError, match="xs must have input_size 4"):
+    with pytest.raises(ValueError, match="xs must be an array with input_size 4"):
         rnn(jnp.zeros((B, T, D + 1)))
     with pytest.raises(TypeError, match="rngs must be an nnx.Rngs, nnx.RngStream or a jax.random key"):
         rnn(xs, deterministic=False, rngs=3)

@@ -324,30 +324,36 @@ def test_temporal_order_paper_positions_and_baseline(temporal_order_batch):
 @pytest.mark.parametrize(
     "call, error, pattern",
     [
-        (lambda: tasks.adding(0, 4, 10), TypeError, r"key: expected a single PRNG key"),
+        (lambda: tasks.adding(0, 4, 10), TypeError, r"key must be a jax.random key, got int"),
         (lambda: tasks.adding(jax.random.split(KEY, 3), 4, 10), TypeError,
-         r"key: expected a single PRNG key .* shape \(3,\)"),
-        (lambda: tasks.adding(np.zeros(2, np.float32), 4, 10), TypeError, r"key:"),
-        (lambda: tasks.adding(KEY, 0, 10), ValueError, r"batch_size: expected an integer >= 1, "
+         r"key must be a jax.random key, got .*\(3,\)"),
+        (lambda: tasks.adding(np.zeros(2, np.float32), 4, 10), TypeError,
+         r"key must be a jax.random key, got ndarray \(2,\)"),
+        (lambda: tasks.adding(KEY, 0, 10), ValueError, r"batch_size must be a positive int, "
                                                        r"got 0"),
-        (lambda: tasks.adding(KEY, 4.0, 10), ValueError, r"batch_size: .* got 4.0"),
-        (lambda: tasks.adding(KEY, True, 10), ValueError, r"batch_size: .* got True"),
-        (lambda: tasks.adding(KEY, 4, 1), ValueError, r"seq_len: expected an integer >= 2, "
-                                                      r"got 1"),
-        (lambda: tasks.sine(KEY, 4, 0), ValueError, r"seq_len: expected an integer >= 1"),
-        (lambda: tasks.sine(KEY, 4, noise=-0.1), ValueError, r"noise: .* got -0.1"),
-        (lambda: tasks.sine(KEY, 4, sample_gap=0.0), ValueError, r"sample_gap: .* got 0.0"),
-        (lambda: tasks.sine_series(KEY, -5), ValueError, r"length: expected an integer >= 1"),
+        (lambda: tasks.adding(KEY, 4.0, 10), ValueError, r"batch_size must be .* got 4.0"),
+        (lambda: tasks.adding(KEY, True, 10), ValueError, r"batch_size must be .* got True"),
+        (lambda: tasks.adding(KEY, 4, 1), ValueError, r"seq_len must be an int >= 2, got 1"),
+        (lambda: tasks.sine(KEY, 4, 0), ValueError, r"seq_len must be a positive int, got 0"),
+        (lambda: tasks.sine(KEY, 4, noise=-0.1), ValueError, r"noise must be .*>= 0, got -0.1"),
+        (lambda: tasks.sine(KEY, 4, sample_gap=0.0), ValueError,
+         r"sample_gap must be .*> 0, got 0.0"),
+        (lambda: tasks.sine_series(KEY, -5), ValueError, r"length must be a positive int, got -5"),
+        (lambda: tasks.sine_series(KEY, 5, start=float("inf")), ValueError,
+         r"start must be a finite number, got inf"),
         (lambda: tasks.timing(KEY, 4, trigger_prob=0.0), ValueError,
-         r"trigger_prob: expected a number in \(0.0, 1.0\], got 0.0"),
-        (lambda: tasks.timing(KEY, 4, trigger_prob=1.5), ValueError, r"trigger_prob: .* 1.5"),
-        (lambda: tasks.copy_memory(KEY, 4, 0), ValueError, r"lag: expected an integer >= 1, "
-                                                           r"got 0"),
-        (lambda: tasks.copy_memory(KEY, 4, 5, num_symbols=0), ValueError, r"num_symbols:"),
-        (lambda: tasks.copy_memory(KEY, 4, 5, copy_len=-1), ValueError, r"copy_len:"),
-        (lambda: tasks.copy_memory_baseline(0), ValueError, r"lag:"),
-        (lambda: tasks.temporal_order(KEY, 4, 9), ValueError, r"seq_len: expected an integer "
-                                                              r">= 10, got 9"),
+         r"trigger_prob must be a number in \(0, 1\], got 0.0"),
+        (lambda: tasks.timing(KEY, 4, trigger_prob=1.5), ValueError,
+         r"trigger_prob must be .* got 1.5"),
+        (lambda: tasks.timing_baseline_mse(0.0), ValueError, r"trigger_prob must be .* got 0.0"),
+        (lambda: tasks.copy_memory(KEY, 4, 0), ValueError, r"lag must be a positive int, got 0"),
+        (lambda: tasks.copy_memory(KEY, 4, 5, num_symbols=0), ValueError,
+         r"num_symbols must be .* got 0"),
+        (lambda: tasks.copy_memory(KEY, 4, 5, copy_len=-1), ValueError,
+         r"copy_len must be .* got -1"),
+        (lambda: tasks.copy_memory_baseline(0), ValueError, r"lag must be .* got 0"),
+        (lambda: tasks.temporal_order(KEY, 4, 9), ValueError, r"seq_len must be an int >= 10, "
+                                                              r"got 9"),
     ],
 )
 def test_errors(call, error, pattern):
