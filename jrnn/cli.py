@@ -5,12 +5,13 @@
     jrnn demo [--out DIR]            the seed's experiment: a 3-layer tanh RNN learns a noisy sum
                                      of sines and cosines (Adagrad, clipping, 600 iterations)
     jrnn train --task adding ...     any task or data set, cell, optimizer and training option
+    jrnn bench [--quick] ...         the benchmark suite of a source checkout (python -m benchmarks)
 
 Each subcommand is a pair of functions in :data:`COMMANDS`: ``configure(parser)`` adds its flags
-to an ``argparse`` subparser and ``run(args) -> int`` does the work. Both write their results into
-an output directory: ``metrics.json``, ``log.jsonl`` (one line per step, from ``jrnn.train.fit``)
-and ``loss_curve.png`` (plus ``predictions.png`` for the demo), with matplotlib's Agg canvas so no
-display is needed.
+to an ``argparse`` subparser and ``run(args) -> int`` does the work. ``demo`` and ``train`` write
+their results into an output directory: ``metrics.json``, ``log.jsonl`` (one line per step, from
+``jrnn.train.fit``) and ``loss_curve.png`` (plus ``predictions.png`` for the demo), with
+matplotlib's Agg canvas so no display is needed.
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ def run_train(args) -> int:
                      output_size=problem.output_size)
     params = jax.jit(model.init, static_argnums=1)(k_init, problem.input_size)
     clip = args.clip if args.clip and args.clip > 0 else None
-    optimizer = make_optimizer(args.optimizer, args.lr, clip_norm=clip)
+    optimizer = make_optimizer(args.optimizer, args.lr, clip_norm=clip)  # clip once: fit reads it here
     os.makedirs(args.out, exist_ok=True)
     result = fit(
         model, params, optimizer, problem.train, steps=args.steps, loss=problem.loss,
@@ -406,7 +407,7 @@ def run_train(args) -> int:
         eval_data=problem.val, eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         log_path=_fresh_log(args.out, args.checkpoint_dir is not None),
-        progress=not args.no_progress, key=k_fit, clip_norm=clip,
+        progress=not args.no_progress, key=k_fit,
     )
     train_scores = _evaluate(model, result.params, problem.train_eval, problem.loss)
     val_scores = _evaluate(model, result.params, problem.val, problem.loss)
@@ -447,17 +448,53 @@ def run_train(args) -> int:
 # The command table and main
 # ----------------------------------------------------------------------------------------------
 
+_BENCH_NAMES = ("speed", "memory", "compile", "scaling", "quality", "gpu")
+"""The benchmarks of ``python -m benchmarks`` (``benchmarks.runner.BENCHMARKS``), for the help."""
+
+
+def _bench_checkout():
+    """Where a source checkout holding ``benchmarks/`` would be: the folder above the ``jrnn``
+    package (true of an editable install; for a wheel it is ``site-packages``)."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     """Benchmarks against PyTorch, Flax, Equinox and a NumPy hand BPTT (JSON, markdown, PNG)."""
-    from jrnn import bench
-
-    bench.configure_parser(parser)
+    parser.description = (
+        "Run the benchmark suite of a source checkout: python -m benchmarks in the checkout that "
+        "holds this jrnn (an editable install), with these options. An installed wheel has no "
+        "benchmarks; clone the repository to run them."
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (minutes at most)")
+    parser.add_argument("--only", default=None, metavar="NAMES",
+                        help=f"comma-separated benchmarks to run (default: all): {', '.join(_BENCH_NAMES)}")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output directory (default: benchmarks/results, or benchmarks/results/quick "
+                             "with --quick)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_bench(args) -> int:
-    from jrnn import bench
+    import subprocess
 
-    return bench.run(args)
+    root = _bench_checkout()
+    if not (root / "benchmarks" / "runner.py").is_file():
+        print("jrnn bench: the benchmark suite needs a source checkout of jrnn (git clone the "
+              "repository, then run python -m benchmarks in it); this jrnn is installed without one",
+              file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", "benchmarks"]
+    if args.quick:
+        argv.append("--quick")
+    if args.only is not None:
+        argv += ["--only", args.only]
+    if args.out is not None:
+        argv += ["--out", os.path.abspath(args.out)]  # relative to where jrnn bench was called
+    if args.no_progress:
+        argv.append("--no-progress")
+    return subprocess.run(argv, cwd=root).returncode
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {

@@ -2,8 +2,10 @@
 
 ``make_optimizer`` builds, in this order,
 
-1. ``optax.clip_by_global_norm(clip_norm)`` when ``clip_norm`` is given (Pascanu et al., 2013):
-   ``g <- g · min(1, clip_norm / ‖g‖₂)`` with ``‖g‖₂`` the norm of all leaves together;
+1. :func:`clip_by_global_norm` when ``clip_norm`` is given (Pascanu et al., 2013):
+   ``g <- g · min(1, clip_norm / ‖g‖₂)`` with ``‖g‖₂`` the norm of all leaves together, the
+   same numbers as ``optax.clip_by_global_norm``; its state (:class:`ClipByGlobalNormState`)
+   records ``‖g‖₂`` and whether it clipped, which the train step reports (:func:`clip_state`);
 2. ``optax.add_decayed_weights(weight_decay)`` when ``weight_decay > 0`` and the rule is not
    ``adamw``: ``g <- g + λ p`` (an L2 penalty ``λ/2 ‖p‖²`` folded into the gradient);
 3. the update rule, with its step size ``η_k`` taken from the schedule at step ``k``.
@@ -47,25 +49,132 @@ A callable ``schedule`` (step -> step size, any optax schedule) is used as it is
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jrnn._checks import check_choice, check_float, check_int, fail
+
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "ClassicAdagradState",
+    "ClipByGlobalNormState",
+    "OptimizerName",
+    "ScheduleName",
     "classic_adagrad",
+    "clip_by_global_norm",
+    "clip_state",
     "make_optimizer",
     "make_schedule",
     "scale_by_classic_adagrad",
 ]
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
+
+OptimizerName = Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
+"""The update rules of ``make_optimizer`` (the keys of ``OPTIMIZERS``)."""
+
+ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine"]
+"""The named step-size schedules (the keys of ``SCHEDULES``)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Global-norm clipping that records what it did
+# ----------------------------------------------------------------------------------------------
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """State of :func:`clip_by_global_norm`: its threshold and a record of the last update.
+
+    Attributes:
+      clip_norm: the threshold ``c``, a scalar (constant; kept so that the state says how it
+        clips).
+      grad_norm: ``‖g‖₂``, the global norm of the last updates it received, before clipping.
+      clipped: bool scalar: the last updates were rescaled, ``not ‖g‖₂ < c`` (optax's rule,
+        so a non-finite norm counts as clipped).
+    """
+
+    clip_norm: jax.Array
+    grad_norm: jax.Array
+    clipped: jax.Array
+
+
+def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
+    r"""Clip updates by their global norm, as ``optax.clip_by_global_norm``, and record it.
+
+    .. math::
+
+        g \leftarrow g \quad \text{if } \|g\|_2 < c, \qquad
+        g \leftarrow \frac{g}{\|g\|_2}\, c \quad \text{otherwise}
+
+    with ``‖g‖₂`` the L2 norm of all leaves together (Pascanu et al., 2013). The updates are
+    bit for bit those of ``optax.clip_by_global_norm(c)``; the state
+    (:class:`ClipByGlobalNormState`) also holds ``‖g‖₂`` and whether it clipped, so that a
+    train step can report clipping without being told ``c`` (:func:`clip_state`).
+
+    Args:
+      clip_norm: the threshold ``c > 0``.
+
+    Returns:
+      An optax ``GradientTransformation`` with state ``ClipByGlobalNormState``.
+
+    Raises:
+      ValueError: ``clip_norm`` is not a finite number ``> 0``.
+    """
+    clip_norm = check_float("clip_norm", clip_norm, 0.0, low_open=True)
+
+    def init_fn(params):
+        leaves = jax.tree_util.tree_leaves(params)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        if not jnp.issubdtype(dtype, jnp.floating):
+            dtype = jnp.float32
+        return ClipByGlobalNormState(
+            clip_norm=jnp.asarray(clip_norm, dtype),
+            grad_norm=jnp.zeros((), dtype),
+            clipped=jnp.zeros((), jnp.bool_),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        g_norm = optax.tree.norm(updates)
+        trigger = jnp.squeeze(g_norm < clip_norm)  # optax's test: keep when strictly below
+
+        def clip_fn(t):
+            return jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * clip_norm)
+
+        updates = jax.tree_util.tree_map(clip_fn, updates)
+        state = ClipByGlobalNormState(
+            clip_norm=state.clip_norm,
+            grad_norm=g_norm.astype(state.grad_norm.dtype),
+            clipped=jnp.logical_not(trigger),
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_state(opt_state) -> ClipByGlobalNormState | None:
+    """The (first) :class:`ClipByGlobalNormState` inside an optimizer state, however deeply
+    chained or wrapped; None when the optimizer has no :func:`clip_by_global_norm` link.
+
+    Args:
+      opt_state: the state of an optax transformation (e.g. of ``make_optimizer``).
+
+    Returns:
+      The clipping link's state, or None.
+    """
+
+    def is_clip(x) -> bool:
+        return isinstance(x, ClipByGlobalNormState)
+
+    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=is_clip):
+        if is_clip(leaf):
+            return leaf
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,6 +204,9 @@ def scale_by_classic_adagrad(
     Args:
       eps: added to ``sqrt(n)``, keeping the update finite where ``n = 0``.
       initial_accumulator_value: the starting value of ``n`` (0 in the classic form).
+
+    Returns:
+      An optax ``GradientTransformation`` with state ``ClassicAdagradState``.
     """
 
     def init_fn(params):
@@ -121,6 +233,14 @@ def classic_adagrad(
     The accumulator starts at 0 and ``ε`` sits outside the square root, as in the seed's NumPy
     implementation. (min-char-rnn writes ``g / sqrt(Σ g² + 1e-8)``, ``ε`` inside; the two agree
     except where ``Σ g²`` is of the order of ``ε``.)
+
+    Args:
+      learning_rate: the step size ``η``, or an optax schedule of it.
+      eps: added to ``sqrt(Σ g²)``.
+      initial_accumulator_value: the starting value of ``Σ g²``.
+
+    Returns:
+      An optax ``GradientTransformation``.
     """
     return optax.chain(
         scale_by_classic_adagrad(eps=eps, initial_accumulator_value=initial_accumulator_value),
@@ -201,17 +321,8 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
+def _positive_float(argument: str, value) -> float:
+    return check_float(argument, value, 0.0, low_open=True)
 
 
 def _constant(learning_rate):
@@ -220,14 +331,14 @@ def _constant(learning_rate):
 
 def _cosine(learning_rate, decay_steps, alpha=0.0):
     return optax.cosine_decay_schedule(
-        learning_rate, _positive_int("decay_steps", decay_steps), alpha=alpha
+        learning_rate, check_int("decay_steps", decay_steps), alpha=alpha
     )
 
 
 def _exponential(learning_rate, decay_steps, decay_rate, staircase=False, end_value=None):
     return optax.exponential_decay(
         learning_rate,
-        transition_steps=_positive_int("decay_steps", decay_steps),
+        transition_steps=check_int("decay_steps", decay_steps),
         decay_rate=_positive_float("decay_rate", decay_rate),
         staircase=staircase,
         end_value=end_value,
@@ -235,12 +346,14 @@ def _exponential(learning_rate, decay_steps, decay_rate, staircase=False, end_va
 
 
 def _warmup_cosine(learning_rate, warmup_steps, decay_steps, init_value=0.0, end_value=0.0):
-    decay_steps = _positive_int("decay_steps", decay_steps)
+    decay_steps = check_int("decay_steps", decay_steps)
     if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral)
             or not 0 <= warmup_steps < decay_steps):
-        raise ValueError(
-            f"warmup_steps: expected an integer in [0, decay_steps) = [0, {decay_steps}) "
-            f"(decay_steps is the total length, warmup included), got {warmup_steps!r}"
+        fail(
+            "warmup_steps",
+            f"an int in [0, decay_steps) = [0, {decay_steps}) (decay_steps is the total length, "
+            "warmup included)",
+            repr(warmup_steps),
         )
     return optax.warmup_cosine_decay_schedule(
         init_value=init_value,
@@ -265,10 +378,7 @@ SCHEDULES: dict[str, Callable[..., ScalarOrSchedule]] = {
 
 
 def _lookup(argument: str, table: dict, name) -> Callable:
-    try:
-        return table[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"{argument}: expected one of {sorted(table)}, got {name!r}") from None
+    return table[check_choice(argument, name, table)]
 
 
 def _options(build: Callable, skip: int) -> dict[str, inspect.Parameter]:
@@ -279,18 +389,17 @@ def _options(build: Callable, skip: int) -> dict[str, inspect.Parameter]:
 def _step_size(learning_rate, schedule, schedule_kwargs) -> ScalarOrSchedule:
     if callable(schedule):
         if learning_rate is not None:
-            raise ValueError(
-                "learning_rate: expected None when schedule is a callable (the schedule sets "
-                f"the step size), got {learning_rate!r}"
+            fail(
+                "learning_rate",
+                "None when schedule is a callable (the schedule sets the step size)",
+                repr(learning_rate),
             )
         return schedule
     name = "constant" if schedule is None else schedule
     build = _lookup("schedule", SCHEDULES, name)
     if callable(learning_rate):
         if name != "constant":
-            raise ValueError(
-                f"schedule: expected None when learning_rate is a callable, got {schedule!r}"
-            )
+            fail("schedule", "None when learning_rate is a callable", repr(schedule))
         return learning_rate
     learning_rate = _positive_float("learning_rate", learning_rate)
     missing = [
@@ -309,7 +418,11 @@ def _schedule_options(schedule) -> dict[str, inspect.Parameter]:
     return _options(_lookup("schedule", SCHEDULES, "constant" if schedule is None else schedule), 1)
 
 
-def make_schedule(schedule, learning_rate=None, **kwargs) -> Callable[[jax.Array], jax.Array]:
+def make_schedule(
+    schedule: ScheduleName | Callable | None,
+    learning_rate: float | None = None,
+    **kwargs: Any,
+) -> Callable[[jax.Array], jax.Array]:
     """The step-size schedule ``k -> η_k`` that ``make_optimizer`` would use.
 
     Args:
@@ -317,6 +430,13 @@ def make_schedule(schedule, learning_rate=None, **kwargs) -> Callable[[jax.Array
         (see the module docstring), or a callable returned as it is.
       learning_rate: the base step size ``η₀`` (``None`` with a callable schedule).
       **kwargs: the schedule's options, e.g. ``decay_steps``, ``warmup_steps``, ``decay_rate``.
+
+    Returns:
+      The schedule, a callable from the step ``k`` to ``η_k``.
+
+    Raises:
+      ValueError: an unknown schedule name or a bad option value.
+      TypeError: an option the schedule does not take, or a missing required one.
     """
     options = _schedule_options(schedule)
     unknown = set(kwargs) - set(options)
@@ -330,11 +450,11 @@ def make_schedule(schedule, learning_rate=None, **kwargs) -> Callable[[jax.Array
 
 
 def make_optimizer(
-    name: str,
+    name: OptimizerName,
     learning_rate: ScalarOrSchedule | None,
     *,
     clip_norm: float | None = None,
-    schedule: str | Callable | None = None,
+    schedule: ScheduleName | Callable | None = None,
     weight_decay: float = 0.0,
     **kwargs: Any,
 ) -> optax.GradientTransformation:
@@ -346,7 +466,8 @@ def make_optimizer(
       learning_rate: the base step size ``η₀ > 0``; or a callable optax schedule when
         ``schedule`` is ``None``; or ``None`` when ``schedule`` is a callable.
       clip_norm: when given (``> 0``), gradients are first rescaled so that their global norm is
-        at most ``clip_norm``.
+        at most ``clip_norm`` (:func:`clip_by_global_norm`, whose state records whether it
+        fired: ``jrnn.train`` reports that as ``clipped``). Give it here only.
       schedule: the step-size schedule, by name or as a callable (module docstring).
       weight_decay: ``λ >= 0``; ``adamw``'s decoupled decay, or ``g + λ p`` before the other
         rules.
@@ -355,6 +476,10 @@ def make_optimizer(
         ``nesterov``, ``b1``, ``b2``, ``eps``, ``decay``, ``centered``,
         ``initial_accumulator_value``, ``classic``), as listed in the module docstring.
 
+    Returns:
+      An optax ``GradientTransformation``: the chain, or the bare rule without clipping and
+      weight decay.
+
     Raises:
       ValueError: unknown ``name`` or ``schedule``; non-positive ``learning_rate`` or
         ``clip_norm``; negative ``weight_decay``.
@@ -362,11 +487,8 @@ def make_optimizer(
         required schedule option.
     """
     build = _lookup("name", OPTIMIZERS, name)
-    if clip_norm is not None:
-        clip_norm = _positive_float("clip_norm", clip_norm)
-    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real)
-            or not math.isfinite(weight_decay) or weight_decay < 0):
-        raise ValueError(f"weight_decay: expected a finite number >= 0, got {weight_decay!r}")
+    clip_norm = check_float("clip_norm", clip_norm, 0.0, low_open=True, allow_none=True)
+    weight_decay = check_float("weight_decay", weight_decay, 0.0)
 
     rule_options = _options(build, 2)
     schedule_options = _schedule_options(schedule)
@@ -380,8 +502,7 @@ def make_optimizer(
     step_size = _step_size(
         learning_rate, schedule, {k: v for k, v in kwargs.items() if k in schedule_options}
     )
-    rule = build(step_size, float(weight_decay),
-                 **{k: v for k, v in kwargs.items() if k in rule_options})
+    rule = build(step_size, weight_decay, **{k: v for k, v in kwargs.items() if k in rule_options})
     if clip_norm is None:
         return rule
-    return optax.chain(optax.clip_by_global_norm(clip_norm), rule)
+    return optax.chain(clip_by_global_norm(clip_norm), rule)

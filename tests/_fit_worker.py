@@ -21,9 +21,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jrnn
+from jrnn.optim import make_optimizer
 from jrnn.train import fit
 
 
@@ -54,11 +54,11 @@ def run_resume(args):
         batch_size = None
     else:
         batch_size = 16
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
+    optimizer = make_optimizer("adam", 3e-3, clip_norm=1.0)  # its clip state is checkpointed too
     result = fit(
         model, params, optimizer, data, steps=args.steps, batch_size=batch_size, truncation=8,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=7, log_path=args.log, progress=False,
-        key=jax.random.PRNGKey(42), clip_norm=1.0,
+        key=jax.random.PRNGKey(42),
     )
     np.savez(args.out, step=result.step, history=json.dumps(result.history), **leaves(result.params),
              **{f"opt_{k}": v for k, v in leaves(result.opt_state).items()})
@@ -67,7 +67,7 @@ def run_resume(args):
 def parallel_fit(devices, checkpoint_dir=None):
     jax.config.update("jax_enable_x64", True)
     model, params, data = problem(jax.random.PRNGKey(1), 32, 12, 8, jnp.float64)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+    optimizer = make_optimizer("adam", 1e-2, clip_norm=1.0)
     return fit(model, params, optimizer, data, steps=6, batch_size=16, truncation=5, eval_data=data,
                eval_every=3, progress=False, key=jax.random.PRNGKey(3), devices=devices,
                checkpoint_dir=checkpoint_dir, checkpoint_every=2)

@@ -10,7 +10,10 @@ import pytest
 
 from jrnn.optim import (
     OPTIMIZERS,
+    ClipByGlobalNormState,
     classic_adagrad,
+    clip_by_global_norm,
+    clip_state,
     make_optimizer,
     make_schedule,
     scale_by_classic_adagrad,
@@ -96,6 +99,54 @@ def test_clipping_comes_before_the_rule():
         results.append(updates)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_clip_link_equals_optax_bit_for_bit_and_records_what_it_did(dtype, scale):
+    rng = np.random.default_rng(12)
+    with jax.enable_x64(True):
+        grads = jax.tree.map(lambda g: jnp.asarray(g, dtype), random_tree(rng, scale))
+        norm = optax.tree.norm(grads)
+        for clip_norm in (0.5, 3.0, float(norm)):
+            ours, reference = clip_by_global_norm(clip_norm), optax.clip_by_global_norm(clip_norm)
+            updates, state = jax.jit(ours.update)(grads, ours.init(grads))
+            want, _ = jax.jit(reference.update)(grads, reference.init(grads))
+            for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            assert isinstance(state, ClipByGlobalNormState) and state.grad_norm.dtype == dtype
+            np.testing.assert_allclose(state.grad_norm, norm, rtol=1e-6)
+            if clip_norm != float(norm):  # away from the boundary (jit may round the norm apart)
+                assert bool(state.clipped) is (not bool(norm < clip_norm))  # optax's rule
+            assert state.clip_norm == jnp.asarray(clip_norm, dtype)
+
+
+def test_clip_link_fires_at_equality_like_optax():
+    grads = {"a": jnp.array([3.0, 4.0])}  # global norm exactly 5
+    for clip_norm, fired in ((5.0, True), (5.0001, False), (4.9999, True)):
+        transform = clip_by_global_norm(clip_norm)
+        _, state = transform.update(grads, transform.init(grads))
+        assert bool(state.clipped) is fired and float(state.grad_norm) == 5.0
+    transform = clip_by_global_norm(1.0)
+    _, state = transform.update({"a": jnp.array([jnp.nan, 1.0])}, transform.init(grads))
+    assert bool(state.clipped)  # a NaN norm is not below the threshold: optax rescales
+
+
+def test_clip_state_finds_the_link_in_make_optimizer_chains():
+    params = random_tree(np.random.default_rng(13))
+    assert clip_state(make_optimizer("adam", 0.1).init(params)) is None
+    assert clip_state(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)).init(params)) is None
+    for optimizer in (
+        make_optimizer("adam", 0.1, clip_norm=2.0, weight_decay=0.1),
+        optax.chain(optax.identity(), make_optimizer("sgd", 0.1, clip_norm=2.0)),
+        optax.MultiSteps(make_optimizer("sgd", 0.1, clip_norm=2.0), every_k_schedule=2),
+    ):
+        state = clip_state(optimizer.init(params))
+        assert isinstance(state, ClipByGlobalNormState) and float(state.clip_norm) == 2.0
+        assert not bool(state.clipped) and float(state.grad_norm) == 0.0
+    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0, got 0"):
+        clip_by_global_norm(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,20 +335,20 @@ def test_callable_schedule_is_passed_through():
     "args, kwargs, error, pattern",
     [
         (("adamax", 0.1), {}, ValueError,
-         r"name: expected one of \['adagrad', 'adam', 'adamw', 'momentum', 'rmsprop', 'sgd'\], "
+         r"name must be one of \['adagrad', 'adam', 'adamw', 'momentum', 'rmsprop', 'sgd'\], "
          r"got 'adamax'"),
         (("adam", 0.1), {"schedule": "linear"}, ValueError,
-         r"schedule: expected one of \['constant', 'cosine', 'exponential', 'warmup_cosine'\], "
+         r"schedule must be one of \['constant', 'cosine', 'exponential', 'warmup_cosine'\], "
          r"got 'linear'"),
-        (("adam", 0.0), {}, ValueError, r"learning_rate: expected a positive finite number, got 0"),
-        (("adam", -1e-3), {}, ValueError, r"learning_rate: .* got -0.001"),
-        (("adam", math.nan), {}, ValueError, r"learning_rate: .* got nan"),
-        (("adam", None), {}, ValueError, r"learning_rate: .* got None"),
+        (("adam", 0.0), {}, ValueError, r"learning_rate must be a finite number > 0, got 0"),
+        (("adam", -1e-3), {}, ValueError, r"learning_rate must .* got -0.001"),
+        (("adam", math.nan), {}, ValueError, r"learning_rate must .* got nan"),
+        (("adam", None), {}, ValueError, r"learning_rate must .* got None"),
         (("adam", 0.1), {"clip_norm": 0.0}, ValueError,
-         r"clip_norm: expected a positive finite number, got 0.0"),
-        (("adam", 0.1), {"clip_norm": -1}, ValueError, r"clip_norm: .* got -1"),
+         r"clip_norm must be None or a finite number > 0, got 0.0"),
+        (("adam", 0.1), {"clip_norm": -1}, ValueError, r"clip_norm must .* got -1"),
         (("sgd", 0.1), {"weight_decay": -0.1}, ValueError,
-         r"weight_decay: expected a finite number >= 0, got -0.1"),
+         r"weight_decay must be a finite number >= 0, got -0.1"),
         (("sgd", 0.1), {"b1": 0.9}, TypeError,
          r"unexpected keyword argument\(s\) \['b1'\] for name='sgd'"),
         (("adam", 0.1), {"decay_steps": 10}, TypeError,
@@ -305,15 +356,15 @@ def test_callable_schedule_is_passed_through():
         (("adam", 0.1), {"schedule": "cosine"}, TypeError,
          r"schedule 'cosine': missing required keyword argument\(s\) \['decay_steps'\]"),
         (("adam", 0.1), {"schedule": "cosine", "decay_steps": 0}, ValueError,
-         r"decay_steps: expected a positive integer, got 0"),
+         r"decay_steps must be a positive int, got 0"),
         (("adam", 0.1), {"schedule": "exponential", "decay_steps": 5, "decay_rate": -0.5},
-         ValueError, r"decay_rate: expected a positive finite number, got -0.5"),
+         ValueError, r"decay_rate must be a finite number > 0, got -0.5"),
         (("adam", 0.1), {"schedule": "warmup_cosine", "warmup_steps": 10, "decay_steps": 10},
-         ValueError, r"warmup_steps: expected an integer in \[0, decay_steps\) = \[0, 10\)"),
+         ValueError, r"warmup_steps must be an int in \[0, decay_steps\) = \[0, 10\)"),
         (("adam", 0.1), {"schedule": optax.constant_schedule(0.1)}, ValueError,
-         r"learning_rate: expected None when schedule is a callable"),
+         r"learning_rate must be None when schedule is a callable"),
         (("adam", optax.constant_schedule(0.1)), {"schedule": "cosine", "decay_steps": 5},
-         ValueError, r"schedule: expected None when learning_rate is a callable"),
+         ValueError, r"schedule must be None when learning_rate is a callable"),
     ],
 )
 def test_errors(args, kwargs, error, pattern):
@@ -325,5 +376,5 @@ def test_make_schedule_errors():
     with pytest.raises(TypeError, match=r"schedule 'cosine': unexpected keyword argument\(s\) "
                                         r"\['decay_rate'\]"):
         make_schedule("cosine", 0.1, decay_steps=10, decay_rate=0.5)
-    with pytest.raises(ValueError, match=r"schedule: expected one of .* got 'step'"):
+    with pytest.raises(ValueError, match=r"schedule must be one of .* got 'step'"):
         make_schedule("step", 0.1)

@@ -20,7 +20,7 @@ import pytest
 
 import jrnn
 from jrnn.losses import get_loss
-from jrnn.optim import make_optimizer
+from jrnn.optim import clip_state, make_optimizer
 from jrnn.train import METRICS, fit, make_train_step
 from jrnn.train.data import Minibatches
 
@@ -103,7 +103,7 @@ def test_step_equals_a_plain_optax_update(loss, every, backward):
     assert_trees_close(new_state, want_state, rtol=1e-9)
 
 
-def test_clipped_metric_fires_exactly_above_the_clip_norm():
+def test_clipped_metric_is_read_from_the_optimizers_clip_state():
     model, params = tiny()
     xs, targets, lengths = batch()
     sgd = optax.sgd(0.1)
@@ -111,16 +111,68 @@ def test_clipped_metric_fires_exactly_above_the_clip_norm():
     g = float(optax.tree.norm(grads))
     for clip_norm, fired in ((0.5 * g, True), (2.0 * g, False)):
         optimizer = make_optimizer("sgd", 0.1, clip_norm=clip_norm)
-        step = make_train_step(model, optimizer, clip_norm=clip_norm)
-        new_params, _, metrics = step(params, optimizer.init(params), xs, targets, lengths)
+        step = make_train_step(model, optimizer)  # clip_norm given once, to the optimizer
+        new_params, new_state, metrics = step(params, optimizer.init(params), xs, targets, lengths)
         assert bool(metrics["clipped"]) is fired and int(metrics["num_clipped"]) == int(fired)
         np.testing.assert_allclose(metrics["grad_norm"], g, rtol=1e-10)
         scale = min(1.0, clip_norm / g)
         want = jax.tree_util.tree_map(lambda p, d: p - 0.1 * scale * d, params, grads)
         assert_trees_close(new_params, want, rtol=1e-9)
-    optimizer = make_optimizer("sgd", 0.1, clip_norm=0.5 * g)
-    metrics = make_train_step(model, optimizer)(params, optimizer.init(params), xs, targets, lengths)[2]
-    assert not bool(metrics["clipped"])  # no clip_norm given: never reported
+        recorded = clip_state(new_state)
+        assert bool(recorded.clipped) is fired and float(recorded.clip_norm) == clip_norm
+        np.testing.assert_allclose(recorded.grad_norm, g, rtol=1e-10)
+    # A chain of the user's own, without jrnn's clip state: it clips, but clipped is not reported.
+    optimizer = optax.chain(optax.clip_by_global_norm(0.5 * g), optax.sgd(0.1))
+    new_params, _, metrics = make_train_step(model, optimizer)(params, optimizer.init(params), xs, targets, lengths)
+    assert not bool(metrics["clipped"]) and int(metrics["num_clipped"]) == 0
+    np.testing.assert_allclose(metrics["grad_norm"], g, rtol=1e-10)  # still from the gradient
+    want = jax.tree_util.tree_map(lambda p, d: p - 0.1 * 0.5 * d, params, grads)
+    assert_trees_close(new_params, want, rtol=1e-9)
+
+
+def test_clip_state_is_found_in_a_nested_chain_and_skipped_updates_keep_it():
+    model, params = tiny()
+    xs, targets, lengths = batch()
+    optimizer = optax.chain(optax.identity(), optax.chain(make_optimizer("adam", 1e-2, clip_norm=1e-6)))
+    step = make_train_step(model, optimizer)
+    opt_state = optimizer.init(params)
+    params, opt_state, metrics = step(params, opt_state, xs, targets, lengths)
+    assert bool(metrics["clipped"]) and bool(clip_state(opt_state).clipped)
+    bad = xs.at[0, 0, 0].set(jnp.nan)
+    new_params, new_state, metrics = step(params, opt_state, bad, targets, lengths.at[0].set(T))
+    assert not bool(metrics["finite"]) and int(metrics["num_updates"]) == 0
+    assert_trees_equal(new_state, opt_state)  # the skipped update leaves the record as it was
+    assert_trees_equal(new_params, params)
+
+
+def test_deprecated_clip_norm_keyword():
+    model, params = tiny()
+    data = batch()
+    optimizer = make_optimizer("sgd", 0.1, clip_norm=1.0)
+    with pytest.warns(DeprecationWarning, match="make_optimizer only"):
+        step = make_train_step(model, optimizer, clip_norm=1.0)
+    metrics = step(params, optimizer.init(params), *data)[2]
+    assert set(metrics) == set(METRICS)
+    with pytest.warns(DeprecationWarning, match="make_optimizer only"):
+        step = make_train_step(model, optimizer, clip_norm=2.0)
+    with pytest.raises(ValueError, match=r"clip_norm must be left out, or the optimizer's own clipping "
+                                         r"threshold 1\.0 .*got 2\.0"):
+        step(params, optimizer.init(params), *data)
+    with pytest.warns(DeprecationWarning, match="fit"):
+        same = fit(model, params, optimizer, data, steps=2, progress=False, clip_norm=1.0)
+    new = fit(model, params, optimizer, data, steps=2, progress=False)
+    assert same.history == new.history
+    assert_trees_equal(same.params, new.params)
+    for wrong in (2.0, None):
+        with pytest.raises(ValueError, match="clip_norm must be left out"):
+            fit(model, params, optimizer, data, steps=1, progress=False, clip_norm=wrong)
+    with pytest.warns(DeprecationWarning, match="make_optimizer only"):  # no clip state: only warns
+        result = fit(model, params, optax.sgd(0.1), data, steps=1, progress=False, clip_norm=1.0)
+    assert result.history["train"]["clipped"] == [False]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'clip'"):
+        fit(model, params, optimizer, data, steps=1, progress=False, clip=1.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'clip'"):
+        make_train_step(model, optimizer, clip=1.0)
 
 
 def test_nonfinite_and_unscored_batches_leave_params_and_state_unchanged():
@@ -211,6 +263,22 @@ def test_truncated_fit_equals_manual_chunked_steps(loss, every):
     assert result.history["train"]["loss"][-1] < result.history["train"]["loss"][0]  # it trains
 
 
+def test_truncated_step_counts_clipping_per_chunk():
+    model, params = tiny("lstm")
+    xs, targets, lengths = batch()
+    k = 3  # every-step targets: 3 chunks, each one update
+    for clip_norm, num_clipped in ((1e-6, 3), (1e6, 0)):
+        optimizer = make_optimizer("adam", 5e-2, clip_norm=clip_norm)
+        result = fit(model, params, optimizer, (xs, targets, lengths), steps=2, truncation=k, progress=False)
+        assert result.history["train"]["num_clipped"] == [num_clipped] * 2
+        assert result.history["train"]["clipped"] == [num_clipped > 0] * 2
+        want_params, want_state = manual_truncated_steps(
+            model, optimizer, params, optimizer.init(params), xs, targets, lengths, k, "mse", True, 2
+        )
+        assert_trees_close(result.params, want_params, rtol=1e-9, atol=1e-12)
+        assert_trees_close(result.opt_state, want_state, rtol=1e-9, atol=1e-12)
+
+
 def test_truncation_rejects_bidirectional_and_bad_values():
     model, params = tiny()
     data = batch()
@@ -238,7 +306,7 @@ def test_fit_learns_the_sine_task():
     val = tasks.sine(jax.random.PRNGKey(2), 128, 20)
     optimizer = make_optimizer("adam", 1e-2, clip_norm=1.0)
     result = fit(model, params, optimizer, train, steps=250, batch_size=32, eval_data=val, eval_every=125,
-                 clip_norm=1.0, progress=False, key=jax.random.PRNGKey(3))
+                 progress=False, key=jax.random.PRNGKey(3))
     assert result.step == 250 and result.history["eval"]["step"] == [125, 250]
     assert result.history["eval"]["loss"][-1] < SINE_MAX_VAL_MSE < tasks.SINE_BASELINE_MSE
 

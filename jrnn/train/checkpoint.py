@@ -10,17 +10,21 @@ orbax writes each checkpoint into a temporary directory and renames it when comp
 killed at any moment leaves either a whole checkpoint or none (temporary leftovers are removed
 when the directory is opened again). Saving is asynchronous: training goes on while the arrays are
 written.
+
+:func:`resume` picks a run up where its latest checkpoint left it: a :class:`RunState`, the
+params, optimizer state, key, step and history of the run at that point.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import warnings
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "RunState", "resume"]
 
 FORMAT = 1
 
@@ -33,7 +37,14 @@ def key_to_data(key) -> tuple[jax.Array, str | None]:
 
 
 def key_from_data(data, impl: str | None):
+    """The inverse of :func:`key_to_data`."""
     return data if impl is None else jax.random.wrap_key_data(data, impl=impl)
+
+
+def same_key(a, b) -> bool:
+    """Whether two keys (typed or raw) hold the same implementation and data."""
+    (da, ia), (db, ib) = key_to_data(a), key_to_data(b)
+    return ia == ib and np.array_equal(np.asarray(da), np.asarray(db))
 
 
 class Checkpointer:
@@ -54,9 +65,11 @@ class Checkpointer:
         )
 
     def latest_step(self) -> int | None:
+        """The step of the latest complete checkpoint, or None."""
         return self._manager.latest_step()
 
     def save(self, step: int, params, opt_state, key, history: dict) -> None:
+        """Start writing the checkpoint of ``step`` (asynchronously; ``wait`` or ``close`` ends it)."""
         key_data, key_impl = key_to_data(key)
         # the key as a host NumPy array: it is the same on every process, so any host can write it
         state = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
@@ -87,8 +100,75 @@ class Checkpointer:
         return state["params"], state["opt_state"], key, meta
 
     def wait(self) -> None:
+        """Block until the last save is on disk."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for the last save to finish and release the directory."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RunState(NamedTuple):
+    """Where a ``fit`` run stands: what a checkpoint holds, and what the loop carries."""
+
+    params: Any
+    opt_state: Any
+    key: Any
+    step: int
+    history: dict
+
+
+def resume(checkpointer: Checkpointer, start: RunState, *, key_given: bool, steps: int,
+           stacklevel: int = 2) -> RunState:  # fmt: skip
+    """The run restored from ``checkpointer``'s latest checkpoint, or ``start`` when it has none.
+
+    The checkpoint's key wins over ``start.key`` (the data order and dropout keys derive from
+    it), with a warning when a key was given explicitly and differs.
+
+    Args:
+      checkpointer: the run's checkpoint directory.
+      start: a fresh run: its params and optimizer state are the templates to restore into.
+      key_given: whether the caller chose ``start.key`` (rather than the default key).
+      steps: the total number of steps asked for (a warning when the checkpoint is past it).
+      stacklevel: for the warnings, as ``warnings.warn`` would count it in the caller (2: the
+        caller's caller).
+
+    Returns:
+      The restored ``RunState``, or ``start``.
+
+    Raises:
+      ValueError: the checkpoint does not match the structure of the templates.
+    """
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return start
+    try:
+        params, opt_state, saved_key, meta = checkpointer.restore(
+            latest, start.params, start.opt_state, start.key
+        )
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {latest}) that does "
+            f"not match these params and this optimizer's state; use another directory "
+            f"or the same model and optimizer "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:300]})"
+        ) from err
+    step = int(meta["step"])
+    if key_given and not same_key(saved_key, start.key):
+        warnings.warn(
+            f"fit: resuming from {checkpointer.directory} at step {step} with the "
+            "checkpoint's key, not the key given", stacklevel=stacklevel + 1,
+        )
+    if step > steps:
+        warnings.warn(
+            f"fit: the checkpoint is at step {step}, past steps={steps}; nothing to do",
+            stacklevel=stacklevel + 1,
+        )
+    return RunState(params, opt_state, saved_key, step, meta["history"])

@@ -19,74 +19,84 @@ computes the same global batch and uploads only its own devices' rows.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jrnn._checks import check_optional_int, fail, shape_of
 from jrnn.train.step import every_step_targets
 
 __all__ = ["DataParallel", "Minibatches", "check_batch_tuple"]
 
 
-def _shape(a) -> tuple | None:
-    shape = getattr(a, "shape", None)
-    return None if shape is None else tuple(shape)
-
-
 def check_batch_tuple(
     batch: Any, loss: str, input_size: int, output_size: int, argument: str = "data"
 ) -> tuple:
-    """Validate ``(xs, targets[, seq_lengths])`` for a model with ``input_size`` features in and
-    ``output_size`` out; return it as host NumPy arrays (3 entries, ``seq_lengths`` possibly None)."""
+    """Validate a batch of examples for a model with ``input_size`` features in, ``output_size`` out.
+
+    Args:
+      batch: ``(xs (N, T, D), targets[, seq_lengths (N,)])``.
+      loss: ``"mse"`` or ``"cross_entropy"`` (which targets are valid).
+      input_size: ``D``.
+      output_size: the model's ``out_size`` (``O``, or the number of classes).
+      argument: the name of ``batch`` in error messages.
+
+    Returns:
+      ``(xs, targets, seq_lengths)`` as host NumPy arrays, ``seq_lengths`` possibly None.
+
+    Raises:
+      TypeError: not a tuple of 2 or 3, arrays of the wrong kind. ValueError: wrong shapes or
+        values.
+    """
     if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         got = type(batch).__name__
         if isinstance(batch, (tuple, list)):
             got = f"a {got} of length {len(batch)}"
-        raise TypeError(f"{argument} must be a tuple (xs, targets[, seq_lengths]), got {got}")
+        fail(argument, "a tuple (xs, targets[, seq_lengths])", got, TypeError)
     xs, targets = batch[0], batch[1]
     seq_lengths = batch[2] if len(batch) == 3 else None
-    xs_shape = _shape(xs)
+    xs_shape = shape_of(xs)
     if xs_shape is None or len(xs_shape) != 3:
-        raise ValueError(f"{argument}: xs must be (N, T, D), got shape {xs_shape}")
+        fail(f"xs of {argument}", "(N, T, D)", f"shape {xs_shape}")
     if xs_shape[0] == 0 or xs_shape[1] == 0:
-        raise ValueError(f"{argument}: xs must hold at least one sequence of one step, got shape {xs_shape}")
+        fail(f"xs of {argument}", "at least one sequence of one step", f"shape {xs_shape}")
     if xs_shape[2] != input_size:
-        raise ValueError(
-            f"{argument}: xs must have D = {input_size} features (the model's input size), "
-            f"got shape {xs_shape}"
-        )
+        fail(f"xs of {argument}", f"(N, T, D) with D = {input_size} (the model's input size)",
+             f"shape {xs_shape}")  # fmt: skip
     xs = np.asarray(xs)
     if not np.issubdtype(xs.dtype, np.floating):
-        raise TypeError(f"{argument}: xs must be floating point, got dtype {xs.dtype}")
-    if _shape(targets) is None:
-        raise TypeError(f"{argument}: targets must be an array, got {type(targets).__name__}")
+        fail(f"xs of {argument}", "floating point", f"dtype {xs.dtype}", TypeError)
+    if shape_of(targets) is None:
+        fail(f"targets of {argument}", "an array", type(targets).__name__, TypeError)
     targets = np.asarray(targets)
-    every_step_targets(loss, xs_shape, targets, output_size, argument=f"{argument}: targets")
+    every_step_targets(loss, xs_shape, targets, output_size, argument=f"targets of {argument}")
     if seq_lengths is not None:
-        l_shape = _shape(seq_lengths)
-        if l_shape != xs_shape[:1]:
-            raise ValueError(f"{argument}: seq_lengths must have shape ({xs_shape[0]},), got {l_shape}")
-        seq_lengths = np.asarray(seq_lengths)
-        if not np.issubdtype(seq_lengths.dtype, np.integer):
-            raise TypeError(f"{argument}: seq_lengths must be integers, got dtype {seq_lengths.dtype}")
-        if seq_lengths.min() < 0 or seq_lengths.max() > xs_shape[1]:
-            raise ValueError(
-                f"{argument}: seq_lengths must lie in [0, {xs_shape[1]}], "
-                f"got values in [{seq_lengths.min()}, {seq_lengths.max()}]"
-            )
+        seq_lengths = _check_lengths(seq_lengths, xs_shape, f"seq_lengths of {argument}")
     if loss == "cross_entropy" and targets.size:
         # labels at unscored (padded) steps may hold anything, so the lower bound is only
         # checked when every step is scored
         low = 0 if seq_lengths is None else -np.inf
         if targets.max() >= output_size or targets.min() < low:
-            raise ValueError(
-                f"{argument}: labels must be class indices in [0, {output_size}) (the model's "
-                f"out_size), got values in [{targets.min()}, {targets.max()}]"
+            fail(
+                f"labels of {argument}",
+                f"class indices in [0, {output_size}) (the model's out_size)",
+                f"values in [{targets.min()}, {targets.max()}]",
             )
     return xs, targets, seq_lengths
+
+
+def _check_lengths(seq_lengths, xs_shape: tuple, argument: str) -> np.ndarray:
+    """``(N,)`` integers in ``[0, T]``, as a host array of their own dtype."""
+    if shape_of(seq_lengths) != xs_shape[:1]:
+        fail(argument, f"of shape ({xs_shape[0]},)", shape_of(seq_lengths))
+    seq_lengths = np.asarray(seq_lengths)
+    if not np.issubdtype(seq_lengths.dtype, np.integer):
+        fail(argument, "integers", f"dtype {seq_lengths.dtype}", TypeError)
+    if seq_lengths.min() < 0 or seq_lengths.max() > xs_shape[1]:
+        fail(argument, f"in [0, {xs_shape[1]}]", f"values in [{seq_lengths.min()}, {seq_lengths.max()}]")
+    return seq_lengths
 
 
 class Minibatches:
@@ -101,24 +111,17 @@ class Minibatches:
         self.output_size = output_size
         if callable(data) and not isinstance(data, (tuple, list)):
             if batch_size is not None:
-                raise ValueError(
-                    "batch_size must be None when data is a callable (it returns whole batches), "
-                    f"got {batch_size!r}"
-                )
+                fail("batch_size", "None when data is a callable (it returns whole batches)",
+                     repr(batch_size))  # fmt: skip
             self._call = data
             self.arrays = None
             return
         self._call = None
         self.arrays = check_batch_tuple(data, loss, input_size, output_size)
         n = self.arrays[0].shape[0]
-        if batch_size is not None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-                raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
-            if batch_size > n:
-                raise ValueError(
-                    f"batch_size must be at most the number of examples in data ({n}), got {batch_size}"
-                )
-            batch_size = int(batch_size)
+        batch_size = check_optional_int("batch_size", batch_size)
+        if batch_size is not None and batch_size > n:
+            fail("batch_size", f"at most the number of examples in data ({n})", batch_size)
         self.num_examples = n
         self.batch_size = batch_size
         self._epoch = None
@@ -129,6 +132,13 @@ class Minibatches:
         self.key = key
         self._epoch = None
         self._order = None
+
+    @property
+    def rows(self) -> int | None:
+        """The number of examples in each batch (None for callable data: known per batch)."""
+        if self.arrays is None:
+            return None
+        return self.num_examples if self.batch_size is None else self.batch_size
 
     @property
     def batches_per_epoch(self) -> int | None:
@@ -149,6 +159,7 @@ class Minibatches:
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
     def batch(self, step: int) -> tuple:
+        """The host arrays ``(xs, targets, seq_lengths)`` of ``step`` (``seq_lengths`` may be None)."""
         if self._call is not None:
             batch = self._call(jax.random.fold_in(self.key, step))
             return check_batch_tuple(
@@ -168,7 +179,7 @@ class DataParallel:
             devices = jax.local_devices()
         devices = list(devices)
         if not devices or not all(isinstance(d, jax.Device) for d in devices):
-            raise TypeError(f"devices must be None or a non-empty sequence of jax.Device, got {devices!r}")
+            fail("devices", "None or a non-empty sequence of jax.Device", repr(devices), TypeError)
         self.devices = devices
         self.mesh = Mesh(np.array(devices), ("data",))
         self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
@@ -184,14 +195,15 @@ class DataParallel:
     def _put(self, a: np.ndarray, sharding):
         return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
+    def check_divides(self, rows: int, argument: str = "batch_size", note: str = "") -> None:
+        """``rows`` (a batch size) splits evenly over the devices; ``ValueError`` otherwise."""
+        if rows % self.size:
+            fail(argument, f"divisible by the number of devices ({self.size}) to shard each batch "
+                 "over them", f"{rows}{note}")  # fmt: skip
+
     def shard_batch(self, batch: tuple, argument: str = "batch_size"):
         """Host arrays -> global arrays sharded over the batch axis (None stays None)."""
-        b = batch[0].shape[0]
-        if b % self.size:
-            raise ValueError(
-                f"{argument} must be divisible by the number of devices ({self.size}) to shard the "
-                f"batch over them, got a batch of {b}"
-            )
+        self.check_divides(batch[0].shape[0], argument, " (the rows of this batch)")
         return tuple(None if a is None else self._put(a, self.sharded) for a in batch)
 
     def put(self, batch: tuple):

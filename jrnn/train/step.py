@@ -2,7 +2,8 @@
 
 ::
 
-    step = make_train_step(model, optimizer, loss="mse", clip_norm=1.0)
+    optimizer = jrnn.optim.make_optimizer("adam", 1e-3, clip_norm=1.0)
+    step = make_train_step(model, optimizer, loss="mse")
     params, opt_state, metrics = step(params, opt_state, xs, targets, seq_lengths=None, key=None)
 
 ``xs`` is a batch ``(B, T, D)``; ``targets`` follow :mod:`jrnn.losses` (``(B, T, O)`` or ``(B, O)``
@@ -19,17 +20,19 @@ or any gradient leaf is not finite, or when the batch has no scored step at all 
 ``loss``           the loss of the batch (with truncation: the mean over chunks, weighted by
                    their number of scored steps, which is the loss of the whole sequence)
 ``grad_norm``      global L2 norm of the gradient before clipping (the largest over chunks)
-``clipped``        clipping fired: ``grad_norm > clip_norm`` (in some chunk); always False
-                   without ``clip_norm``
+``clipped``        the optimizer's clipping fired (in some chunk): what the state of its
+                   ``jrnn.optim.clip_by_global_norm`` link records, ``not grad_norm < clip_norm``;
+                   always False for an optimizer without that link
 ``finite``         the loss and every gradient were finite (in every chunk)
 ``num_updates``    updates applied (1 or 0 without truncation; up to ``ceil(T / truncation)``)
 ``num_clipped``    updates whose gradient was clipped
 ``num_nonfinite``  updates skipped because the loss or the gradient was not finite
 =================  ==============================================================================
 
-``clip_norm`` is only read to report ``clipped``: the clipping itself belongs to the optimizer
-(``jrnn.optim.make_optimizer(..., clip_norm=c)``); pass the same ``c`` here. An optax chain does
-not expose its settings, so the train step cannot read it from the optimizer.
+Clipping belongs to the optimizer: give ``clip_norm`` once, to
+``jrnn.optim.make_optimizer(..., clip_norm=c)``; the step finds the clipping link's state in the
+(possibly nested) optimizer state (``jrnn.optim.clip_state``) and reads whether it fired. Passing
+``clip_norm`` to ``make_train_step`` or ``fit`` as well is deprecated (``jrnn.train._deprecated``).
 
 **Truncated BPTT** (``truncation=k``). Each sequence is cut into ``n = ceil(T / k)`` chunks of
 ``k`` steps (the last one padded with masked steps when ``k`` does not divide ``T``). Chunk ``c``
@@ -46,25 +49,33 @@ scores follows the targets:
   holds its last valid step ``L_b - 1``; a chunk where no sequence ends has nothing to score,
   makes no update, and only carries the state forward. So with equal lengths the first
   ``n - 1`` chunks only run forward and the gradient reaches back ``k`` steps from the end.
+
+Shapes: ``B`` batch, ``T`` time steps, ``D`` input features, ``O`` outputs, ``n`` chunks of ``k``
+steps.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jrnn.losses import get_loss
+from jrnn._checks import check_choice, check_seq_lengths, check_sequence, check_truncation, fail
+from jrnn.losses import LossName, get_loss
 from jrnn.network import RNN
-from jrnn.unroll import BACKWARDS, check_seq_lengths
+from jrnn.optim import clip_state
+from jrnn.train._deprecated import NOT_GIVEN, check_clip_norm_agrees, pop_clip_norm, warn_clip_norm
+from jrnn.unroll import BACKWARDS
 
-__all__ = ["METRICS", "TARGET_RANKS", "make_train_step"]
+__all__ = ["METRICS", "TARGET_RANKS", "Backward", "make_train_step"]
 
 Array = jax.Array
+
+Backward = Literal["autodiff", "bptt"]
+"""How the gradient is computed: ``"bptt"`` (the hand-written backward) or ``"autodiff"``."""
 
 METRICS = ("loss", "grad_norm", "clipped", "finite", "num_updates", "num_clipped", "num_nonfinite")
 """The keys of a train step's ``metrics``, in the order logs print them."""
@@ -79,58 +90,61 @@ TARGET_RANKS: dict[str, int] = {"mse": 3, "cross_entropy": 2}
 
 
 def check_model(model: Any) -> None:
+    """``model`` is a ``jrnn.RNN``; ``TypeError`` otherwise."""
     if not isinstance(model, RNN):
-        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+        fail("model", "a jrnn.RNN", type(model).__name__, TypeError)
 
 
 def check_optimizer(optimizer: Any) -> None:
+    """``optimizer`` has callable ``init`` and ``update`` (an optax transformation)."""
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise TypeError(
-            f"optimizer must be an optax GradientTransformation (with init and update), "
-            f"got {type(optimizer).__name__}"
-        )
+        fail("optimizer", "an optax GradientTransformation (with init and update)",
+             type(optimizer).__name__, TypeError)  # fmt: skip
 
 
 def check_loss(loss: Any) -> None:
-    get_loss(loss)  # raises ValueError naming the valid losses
-    if loss not in TARGET_RANKS:
-        raise ValueError(f"loss must be one of {sorted(TARGET_RANKS)} for training, got {loss!r}")
+    """``loss`` names a loss that training supports (a key of ``TARGET_RANKS``)."""
+    check_choice("loss", loss, TARGET_RANKS)
 
 
 def check_backward(backward: Any) -> None:
-    if backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {list(BACKWARDS)}, got {backward!r}")
+    """``backward`` is ``"autodiff"`` or ``"bptt"``."""
+    check_choice("backward", backward, BACKWARDS)
 
 
-def check_clip_norm(clip_norm: Any) -> float | None:
-    if clip_norm is None:
-        return None
-    if (isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real)
-            or not math.isfinite(clip_norm) or clip_norm <= 0):
-        raise ValueError(f"clip_norm must be None or a positive finite number, got {clip_norm!r}")
-    return float(clip_norm)
-
-
-def check_truncation(truncation: Any, model: RNN) -> int | None:
-    if truncation is None:
-        return None
-    if isinstance(truncation, bool) or not isinstance(truncation, numbers.Integral):
-        raise TypeError(f"truncation must be None or a positive int, got {truncation!r}")
-    if truncation < 1:
-        raise ValueError(f"truncation must be None or a positive int, got {truncation!r}")
-    if model.bidirectional:
-        raise ValueError(
-            "truncation must be None for a bidirectional model (its backward direction reads "
-            f"each sequence from the end, so no state can be carried across chunks), got {truncation!r}"
+def check_train_truncation(truncation: Any, model: RNN) -> int | None:
+    """None, or a positive int ``k`` for a unidirectional ``model``: ``TypeError`` for a value that
+    is not an int, ``ValueError`` for one below 1 or with a bidirectional model."""
+    expected = "None or a positive int (steps per chunk)"
+    if truncation is not None and (isinstance(truncation, bool) or not isinstance(truncation, numbers.Integral)):
+        fail("truncation", expected, repr(truncation), TypeError)
+    k = check_truncation(truncation)
+    if k is not None and model.bidirectional:
+        fail(
+            "truncation",
+            "None for a bidirectional model (its backward direction reads each sequence from the "
+            "end, so no state can be carried across chunks)",
+            repr(truncation),
         )
-    return int(truncation)
+    return k
 
 
 def every_step_targets(loss: str, xs_shape, targets, output_size: int, argument: str = "targets") -> bool:
-    """True for every-step targets, False for last-step ones; ValueError / TypeError otherwise.
+    """Whether ``targets`` score every step (True) or the last step only (False).
 
-    ``mse`` takes ``(B, T, O)`` or ``(B, O)`` with ``O = output_size``; ``cross_entropy`` takes
-    integer labels ``(B, T)`` or ``(B,)``.
+    Args:
+      loss: ``"mse"`` or ``"cross_entropy"``.
+      xs_shape: the shape ``(B, T, D)`` of the inputs.
+      targets: ``mse``: ``(B, T, O)`` or ``(B, O)`` with ``O = output_size``; ``cross_entropy``:
+        integer labels ``(B, T)`` or ``(B,)``.
+      output_size: the model's ``out_size``.
+      argument: the name of ``targets`` in error messages.
+
+    Returns:
+      True for every-step targets, False for last-step ones.
+
+    Raises:
+      ValueError: another shape. TypeError: non-integer labels.
     """
     B, T = xs_shape[:2]
     shape = tuple(jnp.shape(targets))
@@ -141,33 +155,36 @@ def every_step_targets(loss: str, xs_shape, targets, output_size: int, argument:
         every, last = (B, T, output_size), (B, output_size)
         names = ("(B, T, O)", "(B, O)")
     if shape not in (every, last):
-        raise ValueError(
-            f"{argument} for loss={loss!r} must be {names[0]} = {every} (every step) or {names[1]} = "
-            f"{last} (last step) for xs of shape {tuple(xs_shape)} and a model with out_size "
-            f"{output_size}; got shape {shape}"
+        fail(
+            f"{argument} for loss={loss!r}",
+            f"{names[0]} = {every} (every step) or {names[1]} = {last} (last step) for xs of shape "
+            f"{tuple(xs_shape)} and a model with out_size {output_size}",
+            f"shape {shape}",
         )
     dtype = getattr(targets, "dtype", None)
     if loss == "cross_entropy" and not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(
-            f"{argument} for loss='cross_entropy' must be integer class labels, got dtype {dtype}"
-        )
+        fail(f"{argument} for loss='cross_entropy'", "integer class labels", f"dtype {dtype}", TypeError)
     return shape == every
 
 
-def check_batch(model: RNN, params, xs, targets, seq_lengths, loss: str):
-    """Static checks of one batch; returns ``(every_step, seq_lengths as int32 or None)``."""
+def check_batch(model: RNN, params, xs, targets, seq_lengths, loss: str) -> tuple[bool, Array | None]:
+    """Static checks of one batch (shapes and dtypes; values too where concrete).
+
+    Args:
+      model: the model; params: its parameters (checked against it).
+      xs: ``(B, T, D)``; targets: see ``every_step_targets``; seq_lengths: ``(B,)`` or None.
+      loss: ``"mse"`` or ``"cross_entropy"``.
+
+    Returns:
+      ``(every_step, seq_lengths)``: whether the targets score every step, and the lengths as a
+      flat ``int32`` array (or None).
+    """
     input_size = model.check_params(params)
-    shape = getattr(xs, "shape", None)
-    if shape is None or len(shape) != 3:
-        raise ValueError(f"xs must be a batch (B, T, D), got shape {shape}")
-    if shape[1] == 0 or shape[0] == 0:
-        raise ValueError(f"xs must have at least one sequence and one step, got shape {tuple(shape)}")
-    if shape[2] != input_size:
-        raise ValueError(f"xs must have input_size {input_size} in its last axis, got shape {tuple(shape)}")
-    if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
-    every = every_step_targets(loss, shape, targets, model.out_size)
-    return every, check_seq_lengths(seq_lengths, shape[0], shape[1])
+    check_sequence(xs, input_size, "xs", batched_only=True)
+    if xs.shape[0] == 0:
+        fail("xs", "a batch of at least one sequence", f"shape {tuple(xs.shape)}")
+    every = every_step_targets(loss, xs.shape, targets, model.out_size)
+    return every, check_seq_lengths(seq_lengths, xs.shape[0], xs.shape[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +201,14 @@ def _select(pred: Array, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _make_update(model: RNN, optimizer, loss_fn: Callable, backward: str, clip_norm: float | None):
+def _clipped(opt_state) -> Array:
+    """Whether the update that produced ``opt_state`` was clipped: its clipping link's record,
+    or False when the optimizer has no ``jrnn.optim.clip_by_global_norm`` link."""
+    state = clip_state(opt_state)
+    return jnp.array(False) if state is None else state.clipped
+
+
+def _make_update(model: RNN, optimizer, loss_fn: Callable, backward: str):
     """``update(params, opt_state, carries, xs, targets, fwd_lengths, loss_lengths, num_scored,
     key) -> (params, opt_state, carries, metrics)`` for one chunk (or a whole batch)."""
 
@@ -201,17 +225,16 @@ def _make_update(model: RNN, optimizer, loss_fn: Callable, backward: str, clip_n
         apply = finite & (num_scored > 0)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        params = _select(apply, new_params, params)
-        opt_state = _select(apply, new_opt_state, opt_state)
-        clipped = grad_norm > clip_norm if clip_norm is not None else jnp.array(False)
         metrics = {
             "loss": value,
             "grad_norm": grad_norm,
-            "clipped": clipped,
+            "clipped": _clipped(new_opt_state),
             "finite": finite,
             "applied": apply,
             "num_scored": num_scored,
         }
+        params = _select(apply, new_params, params)
+        opt_state = _select(apply, new_opt_state, opt_state)
         return params, opt_state, carries_out, metrics
 
     return update
@@ -252,45 +275,10 @@ def _compute_dtype(model: RNN, params, xs):
     return jnp.result_type(xs.dtype, first.w_h.dtype)
 
 
-# ----------------------------------------------------------------------------------------------
-# The step
-# ----------------------------------------------------------------------------------------------
+def _full_step(model: RNN, loss: str, update: Callable) -> Callable:
+    """The step without truncation: one update on the whole batch."""
 
-
-def make_train_step(
-    model: RNN,
-    optimizer: optax.GradientTransformation,
-    *,
-    loss: str = "mse",
-    backward: str = "bptt",
-    clip_norm: float | None = None,
-    truncation: int | None = None,
-) -> Callable:
-    """A jitted ``step(params, opt_state, xs, targets, seq_lengths=None, key=None)
-    -> (params, opt_state, metrics)`` (module docstring).
-
-    Args:
-      model: the ``jrnn.RNN`` to train.
-      optimizer: an optax ``GradientTransformation`` (e.g. ``jrnn.optim.make_optimizer``); its
-        ``update`` receives the params, so weight decay works.
-      loss: ``"mse"`` or ``"cross_entropy"`` (``jrnn.losses``).
-      backward: ``"bptt"`` (the default: the hand-written backward of ``jrnn.bptt``, the same
-        gradients as autodiff and faster in 20 of the 21 cases of ``benchmarks/README.md``) or
-        ``"autodiff"`` (``jax.value_and_grad`` through ``lax.scan``).
-      clip_norm: the optimizer's global-norm clipping threshold, read only to report
-        ``metrics["clipped"]``; None when the optimizer does not clip.
-      truncation: None for full BPTT, or ``k``: truncated BPTT over chunks of ``k`` steps, one
-        update per chunk, the state carried across chunks.
-    """
-    check_model(model)
-    check_optimizer(optimizer)
-    check_loss(loss)
-    check_backward(backward)
-    clip_norm = check_clip_norm(clip_norm)
-    k = check_truncation(truncation, model)
-    update = _make_update(model, optimizer, get_loss(loss).loss, backward, clip_norm)
-
-    def full_step(params, opt_state, xs, targets, seq_lengths=None, key=None):
+    def step(params, opt_state, xs, targets, seq_lengths=None, key=None):
         every, lengths = check_batch(model, params, xs, targets, seq_lengths, loss)
         B, T = xs.shape[:2]
         num_scored = _num_scored(every, lengths, B, T)
@@ -299,7 +287,13 @@ def make_train_step(
         )
         return params, opt_state, _summarize(jax.tree_util.tree_map(lambda a: a[None], m))
 
-    def chunked_step(params, opt_state, xs, targets, seq_lengths=None, key=None):
+    return step
+
+
+def _chunked_step(model: RNN, loss: str, update: Callable, k: int) -> Callable:
+    """The step with truncated BPTT: one update per chunk of ``k`` steps (module docstring)."""
+
+    def step(params, opt_state, xs, targets, seq_lengths=None, key=None):
         every, lengths = check_batch(model, params, xs, targets, seq_lengths, loss)
         B, T = xs.shape[:2]
         n = -(-T // k)
@@ -317,7 +311,7 @@ def make_train_step(
             if every:
                 loss_lengths, targets_here = fwd, y_c
             else:
-                scored = (ends_in == c) & ((T if lengths is None else lengths) > 0)
+                scored = (ends_in == c) & ((T if lengths is None else lengths) > 0)  # (B,) or ()
                 loss_lengths = jnp.where(scored, k if fwd is None else fwd, 0) * jnp.ones((B,), jnp.int32)
                 targets_here = targets
             num_scored = _num_scored(every, loss_lengths, B, k)
@@ -332,6 +326,74 @@ def make_train_step(
         )
         return params, opt_state, _summarize(m)
 
-    step = full_step if k is None else chunked_step
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+# ----------------------------------------------------------------------------------------------
+
+
+def make_train_step(
+    model: RNN,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss: LossName = "mse",
+    backward: Backward = "bptt",
+    truncation: int | None = None,
+    **deprecated: Any,
+) -> Callable:
+    """A jitted ``step(params, opt_state, xs, targets, seq_lengths=None, key=None)
+    -> (params, opt_state, metrics)`` (module docstring).
+
+    Args:
+      model: the ``jrnn.RNN`` to train.
+      optimizer: an optax ``GradientTransformation`` (e.g. ``jrnn.optim.make_optimizer``); its
+        ``update`` receives the params, so weight decay works. When it clips
+        (``make_optimizer(..., clip_norm=c)``), ``metrics["clipped"]`` says whether it fired.
+      loss: ``"mse"`` or ``"cross_entropy"`` (``jrnn.losses``).
+      backward: ``"bptt"`` (the default: the hand-written backward of ``jrnn.bptt``, the same
+        gradients as autodiff and faster in 20 of the 21 cases of ``benchmarks/README.md``) or
+        ``"autodiff"`` (``jax.value_and_grad`` through ``lax.scan``).
+      truncation: None for full BPTT, or ``k``: truncated BPTT over chunks of ``k`` steps, one
+        update per chunk, the state carried across chunks.
+      **deprecated: ``clip_norm``, accepted for old callers only: it warns
+        (``DeprecationWarning``), and the first step raises ``ValueError`` if the optimizer's
+        clipping link records another threshold. Give it to ``make_optimizer`` only.
+
+    Returns:
+      The jitted step function.
+
+    Raises:
+      TypeError: ``model`` is not a ``jrnn.RNN``, ``optimizer`` not an optax transformation, or a
+        keyword this function does not take.
+      ValueError: an unknown ``loss`` or ``backward``, a bad ``truncation``.
+    """
+    clip_norm = pop_clip_norm(deprecated, "make_train_step")
+    check_model(model)
+    check_optimizer(optimizer)
+    check_loss(loss)
+    check_backward(backward)
+    k = check_train_truncation(truncation, model)
+    update = _make_update(model, optimizer, get_loss(loss).loss, backward)
+    step = _full_step(model, loss, update) if k is None else _chunked_step(model, loss, update, k)
     step.__doc__ = make_train_step.__doc__
-    return jax.jit(step)
+    step = jax.jit(step)
+    if clip_norm is NOT_GIVEN:
+        return step
+    warn_clip_norm("make_train_step")
+    return _checking_clip_norm(step, clip_norm)
+
+
+def _checking_clip_norm(step: Callable, clip_norm: float | None) -> Callable:
+    """``step``, checking once (on the first concrete optimizer state) that the deprecated
+    ``clip_norm`` agrees with the optimizer's clipping link."""
+    pending = [True]
+
+    def checked_step(params, opt_state, xs, targets, seq_lengths=None, key=None):
+        if pending and check_clip_norm_agrees(clip_norm, opt_state):
+            pending.clear()
+        return step(params, opt_state, xs, targets, seq_lengths, key)
+
+    checked_step.__doc__ = step.__doc__
+    return checked_step
