@@ -165,8 +165,8 @@ def memory_horizon(quick: bool) -> list[dict]:
                 per_lag[lag] = {}
                 for lr in step_sizes[:1] if quick else step_sizes:
                     if lr not in trainers:
-                        optimizer = optim.make_optimizer("adam", lr, clip_norm=1.0)
-                        trainers[lr] = (optimizer, make_train_step(model, optimizer, loss=loss, clip_norm=1.0,
+                        optimizer = optim.make_optimizer("adam", lr)
+                        trainers[lr] = (optimizer, make_train_step(model, optimizer, loss=loss,
                                                                    backward="bptt"))
                     optimizer, step = trainers[lr]
                     outcomes = []
@@ -217,7 +217,7 @@ def timing(quick: bool) -> list[dict]:
     T = 50 if quick else 200
     steps, seeds = (20, [0]) if quick else (1500, [0, 1, 2])
     xs, targets = tasks.timing(jax.random.PRNGKey(1000), 256, T)
-    optimizer = optim.make_optimizer("adam", 1e-2, clip_norm=1.0)
+    optimizer = optim.make_optimizer("adam", 1e-2)
     baseline = tasks.timing_baseline_mse()
     rows = []
     for name in _cells(quick):
@@ -226,7 +226,7 @@ def timing(quick: bool) -> list[dict]:
         for seed in seeds:
             result = fit(model, model.init(jax.random.PRNGKey(seed), 2), optimizer,
                          lambda key: tasks.timing(key, 32, T), steps=steps, key=jax.random.PRNGKey(100 + seed),
-                         progress=False, clip_norm=1.0)
+                         progress=False)
             scores.append(float(np.mean((_predict(model, result.params, xs) - np.asarray(targets)) ** 2)))
         rows.append(_row("timing", f"timing T={T}", name, "heldout_mse", float(np.mean(scores)),
                          std=float(np.std(scores)), n_seeds=len(seeds), baselines={"best_constant": baseline},
@@ -252,8 +252,8 @@ def sine(quick: bool) -> list[dict]:
         "noise_floor": tasks.SINE_NOISE_FLOOR_MSE,
     }
     optimizers = {
-        "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True, clip_norm=1.0),
-        "Adam": optim.make_optimizer("adam", 1e-3, clip_norm=1.0),
+        "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True),
+        "Adam": optim.make_optimizer("adam", 1e-3),
     }
     rows = [_row("sine", "sine next step, window 10", name, "val_mse", value, notes="baseline")
             for name, value in baselines.items()]
@@ -264,7 +264,7 @@ def sine(quick: bool) -> list[dict]:
             for seed in seeds:
                 result = fit(model, model.init(jax.random.PRNGKey(seed), 1), optimizer, (xs, ys), steps=steps,
                              batch_size=32, eval_data=(xs_val, ys_val), eval_every=steps,
-                             key=jax.random.PRNGKey(100 + seed), progress=False, clip_norm=1.0)
+                             key=jax.random.PRNGKey(100 + seed), progress=False)
                 scores.append(result.history["eval"]["loss"][-1])
             rows.append(_row("sine", "sine next step, window 10", f"{name} ({opt_name})", "val_mse",
                              float(np.mean(scores)), std=float(np.std(scores)), n_seeds=len(seeds),
@@ -283,7 +283,7 @@ def _choose_steps(model, xs, ys, n_inner, max_steps, seeds, optimizer, eval_ever
     for seed in seeds:
         result = fit(model, model.init(jax.random.PRNGKey(seed), xs.shape[-1]), optimizer, (xs[:n_inner], ys[:n_inner]),
                      steps=max_steps, batch_size=batch_size, eval_data=(xs[n_inner:], ys[n_inner:]),
-                     eval_every=eval_every, key=jax.random.PRNGKey(seed), progress=False, clip_norm=1.0)
+                     eval_every=eval_every, key=jax.random.PRNGKey(seed), progress=False)
         curves.append(result.history["eval"]["loss"])
     return int(result.history["eval"]["step"][int(np.argmin(np.mean(curves, axis=0)))])
 
@@ -296,7 +296,7 @@ def _trained_forecasts(model, xs_train, ys_train, xs_test, steps, seeds, optimiz
     predictions = []
     for seed in seeds:
         result = fit(model, model.init(jax.random.PRNGKey(seed), xs_train.shape[-1]), optimizer, (xs_train, ys_train),
-                     steps=steps, batch_size=batch_size, key=jax.random.PRNGKey(seed), progress=False, clip_norm=1.0)
+                     steps=steps, batch_size=batch_size, key=jax.random.PRNGKey(seed), progress=False)
         predictions.append(_predict(model, result.params, xs_test)[:, -1, 0] * scale + shift)
     return predictions
 
@@ -325,7 +325,7 @@ def aapl(quick: bool) -> list[dict]:
             for name, value in baselines.items()]
     xs_std, ys_std = (xs_all - mu) / sd, (ys_all - mu) / sd
     xs_fit, ys_fit = xs_std[train], ys_std[train]
-    optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
+    optimizer = optim.make_optimizer("adam", 3e-3)
     for name in _cells(quick):
         model = jrnn.RNN(_cell(name, 8), output_size=1)
         start = time.perf_counter()
@@ -367,7 +367,7 @@ def sunspots(quick: bool) -> list[dict]:
     target = np.arange(lookback, n)
     train, test = target < n_train, target >= n_train
     n_inner = int(np.sum(target < n_train - n_test))
-    optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
+    optimizer = optim.make_optimizer("adam", 3e-3)
     for name in _cells(quick):
         model = jrnn.RNN(_cell(name, 32), output_size=1)
         start = time.perf_counter()

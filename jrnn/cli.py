@@ -270,12 +270,12 @@ def run_demo(args) -> int:
     cell = jrnn.VanillaCell(args.hidden, activation="tanh")
     model = jrnn.RNN(cell, num_layers=DEMO["layers"], output_size=1)
     params = jax.jit(model.init, static_argnums=1)(k_init, 1)
-    optimizer = make_optimizer("adagrad", DEMO["lr"], clip_norm=DEMO["clip"], schedule="cosine",
+    optimizer = make_optimizer("adagrad", DEMO["lr"], schedule="cosine",
                                decay_steps=args.steps)
     result = fit(
         model, params, optimizer, train, steps=args.steps, batch_size=min(args.batch_size, len(train[0])),
         eval_data=val, eval_every=max(1, args.steps // 6), log_path=_fresh_log(args.out, False),
-        progress=not args.no_progress, key=k_fit, clip_norm=DEMO["clip"],
+        progress=not args.no_progress, key=k_fit,
     )
     train_mse = _evaluate(model, result.params, train, "mse")["loss"]
     val_mse = _evaluate(model, result.params, val, "mse")["loss"]

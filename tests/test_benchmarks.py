@@ -1,5 +1,7 @@
-"""The benchmark suite: ``jrnn bench --quick`` writes well-formed results; the peers compute what
-jrnn computes. No timing assertions: the machine is shared and timings are not a test."""
+"""The benchmark suite: ``python -m benchmarks --quick`` writes well-formed results; the peers
+compute what jrnn computes; ``jrnn bench`` runs the suite of a source checkout; the A/B runner of
+``benchmarks.versions`` compares two versions. No timing assertions: the machine is shared and
+timings are not a test."""
 
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, numpy_rnn  # noqa: E402
+from benchmarks import common, numpy_rnn, runner  # noqa: E402
 from benchmarks.peers import CELL_KINDS, PEERS, Case, Unavailable, make_problem  # noqa: E402
 from benchmarks.speed import check, reference_of  # noqa: E402
 
 import jrnn  # noqa: E402
-from jrnn import bench  # noqa: E402
+from jrnn import cli  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -135,8 +137,8 @@ def test_cudnn_weight_packing_matches_the_reference_lstm():
 
 
 def test_runner_rejects_unknown_benchmarks(capsys):
-    parser = bench.configure_parser(__import__("argparse").ArgumentParser())
-    assert bench.run(parser.parse_args(["--only", "speed,nope"])) == 2
+    parser = runner.configure_parser(__import__("argparse").ArgumentParser())
+    assert runner.run(parser.parse_args(["--only", "speed,nope"])) == 2
     assert "nope" in capsys.readouterr().err
 
 
@@ -145,8 +147,8 @@ def test_only_refreshes_its_benchmarks_and_keeps_the_others(tmp_path):
     holds the tables of the benchmarks run earlier into the same folder."""
     (tmp_path / "speed.json").write_text(json.dumps({"command": "jrnn bench --only speed", "environment": {"date_utc": "d"}}))
     (tmp_path / "speed.md").write_text("## Speed\n\nan earlier table\n")
-    parser = bench.configure_parser(__import__("argparse").ArgumentParser())
-    assert bench.run(parser.parse_args(["--only", "gpu", "--out", str(tmp_path), "--no-progress"])) == 0
+    parser = runner.configure_parser(__import__("argparse").ArgumentParser())
+    assert runner.run(parser.parse_args(["--only", "gpu", "--out", str(tmp_path), "--no-progress"])) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "an earlier table" in summary and "## GPU" in summary
     assert summary.index("## Speed") < summary.index("## GPU")  # in BENCHMARKS order
@@ -154,18 +156,82 @@ def test_only_refreshes_its_benchmarks_and_keeps_the_others(tmp_path):
     assert runs["speed"]["command"] == "jrnn bench --only speed" and runs["gpu"]["ok"]
 
 
+def test_jrnn_bench_runs_the_suite_of_the_checkout(tmp_path):
+    """From a source checkout ``jrnn bench`` runs ``python -m benchmarks`` there, from any folder,
+    with ``--out`` relative to where it was called (``gpu`` is skipped without a GPU: fast)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "jrnn.cli", "bench", "--only", "gpu", "--out", "res", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = json.loads((tmp_path / "res" / "index.json").read_text())
+    assert list(index["benchmarks"]) == ["gpu"] and index["benchmarks"]["gpu"]["ok"]
+    assert index["command"] == f"python -m benchmarks --only gpu --out {tmp_path / 'res'}"
+    assert (tmp_path / "res" / "gpu.md").read_text().startswith("## GPU")
+
+
+def test_jrnn_bench_passes_the_runner_exit_status():
+    assert cli.main(["bench", "--only", "nope"]) == 2
+
+
+def test_jrnn_bench_without_a_checkout_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_bench_checkout", lambda: tmp_path)  # as from an installed wheel
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "source checkout" in err and "git clone" in err and "python -m benchmarks" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_jrnn_bench_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--quick", "--only", "--out", "--no-progress"):
+        assert option in out
+    assert all(name in out for name in runner.BENCHMARKS)
+
+
+def test_versions_compares_base_and_working_tree(tmp_path):
+    """``benchmarks.versions`` against HEAD at the tiniest settings: every case and mode timed in
+    both versions, finite ratios, the commits recorded."""
+    modes = ["infer", "train-bptt", "train-vg"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.versions", "--base", "HEAD", "--quick", "--rounds", "1", "--samples", "1",
+         "--min-block-s", "0.005", "--modes", ",".join(modes), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from benchmarks import versions
+
+    result = json.loads((tmp_path / "versions.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert result["base"]["commit"] == head and result["new"]["commit"] == head
+    assert "tree-base" in result["base"]["jrnn_file"] and result["new"]["jrnn_file"].startswith(str(ROOT))
+    want = {(c.label, m) for c in versions.cases(quick=True) for m in modes}
+    assert {(r["label"], r["mode"]) for r in result["rows"]} == want
+    for row in result["rows"]:
+        assert row["ratio"] is not None and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+        for v in ("base", "new"):
+            assert row[v]["median_s"] > 0 and len(row[v]["rounds_s"]) == 1
+    assert set(result["summary"]) == {*modes, "all"} and math.isfinite(result["summary"]["all"]["geomean"])
+    md = (tmp_path / "versions.md").read_text()
+    assert "| case | mode | base | new | new/base |" in md
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_well_formed_results(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "jrnn.bench", "--quick", "--no-progress", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-progress", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     index = json.loads((out / "index.json").read_text())
-    assert set(index["benchmarks"]) == set(bench.BENCHMARKS)
+    assert set(index["benchmarks"]) == set(runner.BENCHMARKS)
     assert all(s["ok"] for s in index["benchmarks"].values()), index["benchmarks"]
-    for name in bench.BENCHMARKS:
+    for name in runner.BENCHMARKS:
         result = json.loads((out / f"{name}.json").read_text())
         env = result["environment"]
         assert env["versions"]["jax"] and env["jax_backend"] and env["cpu_count"]
@@ -204,4 +270,4 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
     # the linear AR(10) fit sees through the noise far better than persistence or the mean
     assert sine_base["noise_floor"] < sine_base["AR(10)"] < sine_base["persistence"] < sine_base["mean"]
     summary = (out / "summary.md").read_text()
-    assert "Command: `jrnn bench --quick" in summary and "## Speed" in summary
+    assert "Command: `python -m benchmarks --quick" in summary and "## Speed" in summary

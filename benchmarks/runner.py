@@ -1,20 +1,19 @@
-"""``jrnn bench``: run the benchmark suite of ``benchmarks/`` and write its results.
+"""The runner of the benchmark suite: run some or all benchmarks and write their results.
 
 ::
 
-    jrnn bench [--quick] [--only speed,memory,...] [--out DIR]
-    python -m jrnn.bench ...                       # the same, without the console script
+    python -m benchmarks [--quick] [--only speed,memory,...] [--out DIR]   # from the checkout root
+    jrnn bench ...            # the same, from a source checkout (an editable install of jrnn)
 
 Each benchmark answers one question (``BENCHMARKS``) and writes ``NAME.json`` (device, versions,
 shapes, every timing, ratios), ``NAME.md`` (tables) and ``NAME*.png`` (plots) under ``--out``; the
 runner adds ``summary.md`` (the tables of every benchmark in the folder, the latest run of each,
 with its date, device and command; ``--only`` refreshes some and keeps the others) and
-``index.json`` (what this run ran and what failed; ``runs``: the latest run of each). ``--quick`` runs tiny sizes in a few minutes at most: a
-smoke test, not a measurement. The suite lives in the source checkout (``benchmarks/`` next to
-the ``jrnn`` package); an installed wheel without it reports so.
+``index.json`` (what this run ran and what failed; ``runs``: the latest run of each). ``--quick``
+runs tiny sizes in a few minutes at most: a smoke test, not a measurement.
 
-For the CLI: ``configure_parser(parser)`` adds the options to an ``argparse`` (sub)parser and
-``run(args)`` runs them, returning an exit status.
+``configure_parser(parser)`` adds the options to an ``argparse`` parser and ``run(args)`` runs
+them, returning an exit status.
 """
 
 from __future__ import annotations
@@ -27,6 +26,10 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import common
+
+PROG = "python -m benchmarks"
+
 BENCHMARKS = {
     "speed": "training gradient and inference time vs PyTorch, Flax, Equinox, NumPy hand BPTT",
     "memory": "peak memory of one gradient vs T: autodiff, remat, bptt",
@@ -37,11 +40,9 @@ BENCHMARKS = {
 }
 """``name -> question``, in run order; each is the module ``benchmarks.<name>``."""
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``jrnn bench``'s options to ``parser`` (a subparser of the ``jrnn`` command)."""
+    """Add the runner's options to ``parser``."""
     parser.description = parser.description or __doc__.split("\n\n")[0]
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (minutes at most)")
     parser.add_argument(
@@ -66,35 +67,10 @@ def _selected(only: str | None) -> list[str]:
     return names
 
 
-def _import_suite():
-    if not (_CHECKOUT / "benchmarks" / "__init__.py").exists():
-        raise RuntimeError(
-            f"jrnn bench needs the benchmarks/ folder of a source checkout next to the jrnn package "
-            f"(looked in {_CHECKOUT}); clone the repository and run it from there"
-        )
-    if str(_CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(_CHECKOUT))
-    return importlib.import_module("benchmarks.common")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmarks ``args`` selects; 0 when all of them ran, 1 otherwise."""
-    try:
-        names = _selected(args.only)
-        common = _import_suite()
-    except (ValueError, RuntimeError) as e:
-        print(f"jrnn bench: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out is not None else common.DEFAULT_OUT
-    if args.out is None and args.quick:
-        out = out / "quick"  # a smoke test never overwrites the committed measurements
-    out.mkdir(parents=True, exist_ok=True)
-    command = "jrnn bench" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") + (
-        f" --out {args.out}" if args.out is not None else "")
-    sys.argv = [command.split()[0], *command.split()[1:]]  # recorded as "command" in every result
+def _run_each(names: list[str], out: Path, args: argparse.Namespace) -> dict:
     status = {}
     for name in names:
-        print(f"jrnn bench: {name} — {BENCHMARKS[name]}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {name} — {BENCHMARKS[name]}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
@@ -103,6 +79,28 @@ def run(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - one benchmark failing must not stop the others
             traceback.print_exc()
             status[name] = {"ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"[:1000]}
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmarks ``args`` selects; 0 when all of them ran, 1 otherwise, 2 for bad options."""
+    try:
+        names = _selected(args.only)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out is not None else common.DEFAULT_OUT
+    if args.out is None and args.quick:
+        out = out / "quick"  # a smoke test never overwrites the committed measurements
+    out.mkdir(parents=True, exist_ok=True)
+    command = PROG + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") + (
+        f" --out {args.out}" if args.out is not None else "")
+    argv = sys.argv
+    sys.argv = command.split()  # what common.environment() records as "command" in every result
+    try:
+        status = _run_each(names, out, args)
+    finally:
+        sys.argv = argv
     env = common.environment()
     env["command"] = command
     # --only updates its benchmarks and keeps the others' last results: the summary covers every
@@ -137,14 +135,10 @@ def run(args: argparse.Namespace) -> int:
     index = {"command": command, "environment": env, "benchmarks": status, "runs": runs}
     index_path.write_text(json.dumps(index, indent=1) + "\n")
     failed = [n for n, s in status.items() if not s["ok"]]
-    print(f"jrnn bench: wrote {out}/summary.md" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    print(f"{PROG}: wrote {out}/summary.md" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
 def main(argv=None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="jrnn bench"))
+    parser = configure_parser(argparse.ArgumentParser(prog=PROG))
     return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
