@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jrnn._checks import check_choice, check_int, check_seq_lengths, check_sequence, fail
+from jrnn._checks import check_choice, check_float, check_int, check_seq_lengths, check_sequence, fail
 from jrnn.cells import Cell, cell_types, check_cell
 from jrnn.losses import get_loss
 from jrnn.network import RNN, readout, stack
@@ -493,13 +493,8 @@ def gradient_recorder(clip_norm: float | None = None, *, history: int = 1000, sp
     Returns:
       an ``optax.GradientTransformationExtraArgs`` with state ``RecorderState``.
     """
-    if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
-        raise ValueError(f"history must be a positive int, got {history!r}")
-    if clip_norm is not None and (
-        isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.floating, np.integer))
-        or not np.isfinite(clip_norm) or clip_norm <= 0
-    ):
-        raise ValueError(f"clip_norm must be None or a finite number > 0, got {clip_norm!r}")
+    check_int("history", history)
+    check_float("clip_norm", clip_norm, 0.0, low_open=True, allow_none=True)
     N = int(history)
 
     def init_fn(params):
@@ -546,7 +541,7 @@ def recorder_state(opt_state) -> RecorderState:
         if isinstance(s, RecorderState)
     ]
     if not found:
-        raise ValueError("opt_state holds no RecorderState: was gradient_recorder part of the chain?")
+        raise ValueError("opt_state must hold a RecorderState (gradient_recorder in the chain), got none")
     return found[0]
 
 

@@ -243,8 +243,8 @@ def torch_state_dict(model: RNN, params: NetworkParams, *, bias: bool = True, dt
                 for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
                     if np.any(np.asarray(b, np.float64) != 0.0):
                         raise ValueError(
-                            f"bias=False needs zero biases, but params.layers[{layer}] "
-                            f"(direction {d}) has a non-zero {name} (max |b| = {float(jnp.abs(b).max())})"
+                            f"params.layers[{layer}] (direction {d}) {name} must be zero for bias=False, "
+                            f"got max |b| = {float(jnp.abs(b).max())}"
                         )
     return state
 
@@ -427,17 +427,17 @@ def _flax_kind_from(kind, activation):
     act_fn = getattr(kind, "activation_fn", jnp.tanh)
     if name == "simple":
         if getattr(kind, "residual", False):
-            raise ValueError("kind: a SimpleCell with residual=True has no jrnn counterpart")
+            raise ValueError("kind must be a SimpleCell with residual=False (residual=True has no jrnn counterpart), got residual=True")
         detected = acts.get(act_fn)
         if detected is None:
             raise ValueError(
                 f"kind.activation_fn must be tanh, relu or sigmoid to convert, got {getattr(act_fn, '__name__', act_fn)!r}"
             )
         if activation is not None and activation != detected:
-            raise ValueError(f"activation={activation!r} contradicts the cell's activation_fn ({detected!r})")
+            raise ValueError(f"activation must match the cell's activation_fn ({detected!r}), got {activation!r}, which contradicts it")
         return name, detected
     if act_fn is not jnp.tanh or getattr(kind, "gate_fn", jax.nn.sigmoid) is not jax.nn.sigmoid:
-        raise ValueError(f"kind: a {cls.__name__} converts only with gate_fn=sigmoid and activation_fn=tanh")
+        raise ValueError(f"kind must be a {cls.__name__} with gate_fn=sigmoid and activation_fn=tanh to convert, got other functions")
     return name, activation
 
 

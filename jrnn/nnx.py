@@ -101,7 +101,7 @@ class RNN(nnx.Module):
         else:
             got = spec.check_params(params)
             if got != input_size:
-                raise ValueError(f"params expect input_size {got}, but input_size={input_size!r} was given")
+                raise ValueError(f"input_size must be {got} (what params expect), got {input_size!r}")
         self.spec = spec
         self.input_size = int(input_size)
         self.deterministic = deterministic

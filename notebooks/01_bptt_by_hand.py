@@ -301,7 +301,7 @@ results = {}
 for label, (name, clip_norm, options) in runs.items():
     tx = optax.chain(diagnostics.gradient_recorder(clip_norm=clip_norm, history=STEPS),
                      optim.make_optimizer(name, LR, clip_norm=clip_norm, **options))
-    step = make_train_step(model3, tx, loss="mse", backward="bptt", clip_norm=clip_norm)
+    step = make_train_step(model3, tx, loss="mse", backward="bptt")
     pr, state = params3, tx.init(params3)
     curve, skipped = [], 0
     for s in range(STEPS):

@@ -214,7 +214,7 @@ history = {}
 for clip_norm in CLIP_NORMS:
     for lr in LEARNING_RATES:
         result = fit(model, params0, optim.make_optimizer("sgd", lr, clip_norm=clip_norm), sine_batch,
-                     steps=STEPS, key=jax.random.PRNGKey(1), progress=False, clip_norm=clip_norm,
+                     steps=STEPS, key=jax.random.PRNGKey(1), progress=False,
                      max_consecutive_nonfinite=STEPS + 1)
         train = result.history["train"]
         history[(clip_norm, lr)] = train

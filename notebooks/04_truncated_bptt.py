@@ -87,7 +87,7 @@ def r_squared(pred, targets, lag):
 
 model = jrnn.RNN(jrnn.VanillaCell(H), output_size=1)
 params0 = model.init(jax.random.PRNGKey(0), N_IN)
-optimizer = optim.make_optimizer("adam", LEARNING_RATE, clip_norm=1.0)
+optimizer = optim.make_optimizer("adam", LEARNING_RATE)
 
 
 def make_run(k):
@@ -172,7 +172,7 @@ xs_eval, targets_eval = delayed_copy(jax.random.PRNGKey(7), 256, LAG_FIT)
 for k in (LAG_FIT, 2 * LAG_FIT):
     start = time.perf_counter()
     result = fit(model, params0, optimizer, fit_data, steps=FIT_STEPS, loss="mse", truncation=k,
-                 key=jax.random.PRNGKey(2), progress=False, clip_norm=1.0)
+                 key=jax.random.PRNGKey(2), progress=False)
     pred, _ = model.apply(result.params, xs_eval)
     updates = int(np.sum(result.history["train"]["num_updates"]))
     print(f"fit, lag {LAG_FIT}, truncation {k}: R² = {float(r_squared(pred, targets_eval, LAG_FIT)):.2f} "

@@ -73,7 +73,7 @@ print("small run" if SMALL else "full run", "| jax", jax.__version__, "|", jax.d
 #
 # * **Model**: one recurrent layer of $H = 32$ units and a linear readout, float32.
 # * **Training**: fresh random sequences at every step (batch 32), Adam with the gradient clipped
-#   to global norm 1 (`jrnn.optim.make_optimizer("adam", lr, clip_norm=1.0)`), full BPTT. The
+#   to global norm 1 (`jrnn.optim.make_optimizer("adam", lr)`), full BPTT. The
 #   gradient comes from the hand-written backward pass (`backward="bptt"`), which gives the same
 #   gradients as `jax.grad` and, for one train step at $T$ = 200 and 400 (batch 32, 32 units),
 #   was 1.05x (GRU), 1.4x (LSTM) and 2x (tanh RNN) faster than autodiff on this CPU.
@@ -216,7 +216,7 @@ def train_step_for(cell_name, task, lr):
         spec = TASKS[task]
         model = jrnn.RNN(CELLS[cell_name](), output_size=spec["output_size"])
         optimizer = optim.make_optimizer("adam", lr, clip_norm=CLIP)
-        step = make_train_step(model, optimizer, loss=spec["loss"], clip_norm=CLIP, backward=BACKWARD)
+        step = make_train_step(model, optimizer, loss=spec["loss"], backward=BACKWARD)
         _steps[cell_name, task, lr] = (model, optimizer, step, jax.jit(lambda p, xs: model.apply(p, xs)[0]))
     return _steps[cell_name, task, lr]
 

@@ -89,7 +89,7 @@ TIMING_STEPS = 100 if SMALL else 1500
 TIMING_SEEDS = [0] if SMALL else [0, 1, 2]
 xs_timing, targets_timing = tasks.timing(jax.random.PRNGKey(1000), 256, T_TIMING)
 timing_baseline = tasks.timing_baseline_mse()
-timing_optimizer = optim.make_optimizer("adam", 1e-2, clip_norm=1.0)
+timing_optimizer = optim.make_optimizer("adam", 1e-2)
 
 timing_mse, timing_models = {}, {}
 for name, make_cell in CELLS.items():
@@ -98,7 +98,7 @@ for name, make_cell in CELLS.items():
     for seed in TIMING_SEEDS:
         result = fit(model, model.init(jax.random.PRNGKey(seed), 2), timing_optimizer,
                      lambda key: tasks.timing(key, 32, T_TIMING), steps=TIMING_STEPS,
-                     key=jax.random.PRNGKey(100 + seed), progress=False, clip_norm=1.0)
+                     key=jax.random.PRNGKey(100 + seed), progress=False)
         scores.append(float(np.mean((predict(model, result.params, xs_timing) - targets_timing) ** 2)))
         if seed == TIMING_SEEDS[0]:
             timing_models[name] = (model, result.params)
@@ -135,7 +135,7 @@ plt.show()
 # RNN whose last output predicts the next value; Adagrad, 600 iterations. Here: 2000 samples
 # (`tasks.sine_series`), cut by `datasets.windows(series, 10, val_fraction=0.2)` so that every
 # validation window comes after all the training data; 3 layers of 32 units; the classic
-# Adagrad of the seed (`make_optimizer("adagrad", 1e-2, classic=True, clip_norm=1.0)`),
+# Adagrad of the seed (`make_optimizer("adagrad", 1e-2, classic=True)`),
 # minibatches of 32, 600 steps. Then the same with LSTM and GRU layers, and with Adam
 # ($10^{-3}$), 3 seeds each.
 #
@@ -170,8 +170,8 @@ for name, value in sine_baselines.items():
 SINE_STEPS = 60 if SMALL else 600
 SINE_SEEDS = [0] if SMALL else [0, 1, 2]
 SINE_OPTIMIZERS = {
-    "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True, clip_norm=1.0),
-    "Adam": optim.make_optimizer("adam", 1e-3, clip_norm=1.0),
+    "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True),
+    "Adam": optim.make_optimizer("adam", 1e-3),
 }
 sine_runs = {}
 for opt_name, optimizer in SINE_OPTIMIZERS.items():
@@ -181,8 +181,7 @@ for opt_name, optimizer in SINE_OPTIMIZERS.items():
         for seed in SINE_SEEDS:
             result = fit(model, model.init(jax.random.PRNGKey(seed), 1), optimizer, (xs_sine, ys_sine),
                          steps=SINE_STEPS, batch_size=32, eval_data=(xs_sine_val, ys_sine_val),
-                         eval_every=SINE_STEPS // 30, key=jax.random.PRNGKey(100 + seed), progress=False,
-                         clip_norm=1.0)
+                         eval_every=SINE_STEPS // 30, key=jax.random.PRNGKey(100 + seed), progress=False)
             runs.append(dict(history=result.history, params=result.params, model=model,
                              val=result.history["eval"]["loss"][-1]))
         sine_runs[name, opt_name] = runs
@@ -276,7 +275,7 @@ print(f"training mean {mu:.4f}, sd {sd:.4f}; AR(1): r_t = {a_b[1]:.4f} + {a_b[0]
 # %%
 STOCK_SEEDS = list(range(2)) if SMALL else list(range(10))
 STOCK_MAX_STEPS = 30 if SMALL else 300
-stock_optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
+stock_optimizer = optim.make_optimizer("adam", 3e-3)
 xs_std, ys_std = (xs_all - mu) / sd, (ys_all - mu) / sd
 xs_fit, ys_fit = xs_std[train_rows], ys_std[train_rows]
 n_inner = round(0.75 * len(xs_fit))
@@ -292,7 +291,7 @@ def choose_steps(model, xs, ys, n_inner, max_steps, seeds, optimizer, eval_every
         result = fit(model, model.init(jax.random.PRNGKey(seed), xs.shape[-1]), optimizer,
                      (xs[:n_inner], ys[:n_inner]), steps=max_steps, batch_size=batch_size,
                      eval_data=(xs[n_inner:], ys[n_inner:]), eval_every=eval_every, key=jax.random.PRNGKey(seed),
-                     progress=False, clip_norm=1.0)
+                     progress=False)
         curves.append(result.history["eval"]["loss"])
     steps, mean_curve = np.asarray(result.history["eval"]["step"]), np.mean(curves, axis=0)
     return int(steps[np.argmin(mean_curve)]), (steps, mean_curve)
@@ -308,7 +307,7 @@ for name, make_cell in CELLS.items():
     errors, preds = [], []
     for seed in STOCK_SEEDS:
         result = fit(model, model.init(jax.random.PRNGKey(seed), 1), stock_optimizer, (xs_fit, ys_fit), steps=steps,
-                     key=jax.random.PRNGKey(seed), progress=False, clip_norm=1.0)
+                     key=jax.random.PRNGKey(seed), progress=False)
         pred = predict(model, result.params, xs_std[test_rows])[:, -1, 0] * sd + mu
         preds.append(pred)
         errors.append(np.mean((pred - y_test) ** 2))
@@ -401,7 +400,7 @@ for name, value in sun_rmse.items():
 # %%
 SUN_SEEDS = [0] if SMALL else list(range(5))
 SUN_MAX_STEPS = 50 if SMALL else 1000
-sun_optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
+sun_optimizer = optim.make_optimizer("adam", 3e-3)
 s_mu, s_sd = spots[:n_train_s].mean(), spots[:n_train_s].std()
 (xs_sun, ys_sun), _ = datasets.windows((spots - s_mu) / s_sd, SUN_LOOKBACK, val_fraction=0.0)
 sun_target = np.arange(SUN_LOOKBACK, n_spots)
@@ -417,7 +416,7 @@ for name, make_cell in CELLS.items():
     scores, preds = [], []
     for seed in SUN_SEEDS:
         result = fit(model, model.init(jax.random.PRNGKey(seed), 1), sun_optimizer, (xs_tr, ys_tr), steps=steps,
-                     batch_size=32, key=jax.random.PRNGKey(seed), progress=False, clip_norm=1.0)
+                     batch_size=32, key=jax.random.PRNGKey(seed), progress=False)
         pred = predict(model, result.params, xs_sun[sun_test])[:, -1, 0] * s_sd + s_mu
         preds.append(pred)
         scores.append(rmse(pred))

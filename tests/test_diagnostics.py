@@ -465,7 +465,7 @@ def test_recorder_with_train_step():
     params = randomize(model.init(key, 2, jnp.float64), key, 0.8)
     clip = 3.0
     tx = optax.chain(dg.gradient_recorder(clip, history=8), jrnn.optim.make_optimizer("sgd", 0.5, clip_norm=clip))
-    step = train.make_train_step(model, tx, clip_norm=clip)
+    step = train.make_train_step(model, tx)
     opt_state = tx.init(params)
     norms, fired, radii = [], [], []
     for k in range(5):

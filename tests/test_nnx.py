@@ -191,7 +191,7 @@ def test_errors():
         jnnx.RNN(cell, 0, rngs=nnx.Rngs(0))
     model = jrnn.RNN(cell, dropout=0.3)
     params = model.init(jax.random.key(0), D)
-    with pytest.raises(ValueError, match="params expect input_size 4"):
+    with pytest.raises(ValueError, match=r"input_size must be 4 \(what params expect\)"):
         jnnx.RNN(cell, D + 1, dropout=0.3, params=params)
     with pytest.raises(TypeError, match="model must be a jrnn.RNN"):
         jnnx.RNN.from_params(cell, params)
