@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+import warnings
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ import numpy as np
 from jrnn._checks import (
     Layout,
     check_bool,
+    check_choice,
     check_int,
     check_optional_int,
     check_probability,
@@ -37,6 +39,7 @@ from jrnn._checks import (
 )
 from jrnn.cells import Cell, check_cell, glorot_uniform
 from jrnn.cells.base import add_bias
+from jrnn.cells.init import InitPreset, torch_uniform
 from jrnn.scan import Backward, compute_dtype, scan_layer, step_mask
 from jrnn.unroll import check_options, prepare_carry
 
@@ -111,14 +114,137 @@ def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, 
 
 
 def readout(params: "NetworkParams", top: Array, valid: Array | None) -> Array:
-    """The per-step readout ``top @ w + b`` ``(T, B, O)``, zero at padded steps; ``top`` itself
-    without a readout."""
+    """The readout ``top @ w + b``: per step ``(T, B, O)``, zero at padded steps (``valid (T, B)``),
+    or of pooled features ``(B, P) -> (B, O)`` (``valid`` None); ``top`` itself without a readout."""
     if params.readout is None:
         return top
-    ys = add_bias(top @ params.readout.w, params.readout.b)  # (T, B, O)
+    ys = add_bias(top @ params.readout.w, params.readout.b)
     if valid is not None:
         ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
     return ys
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence-level heads: pooling the top layer over time, forward and hand-written backward.
+# ``top (T, B, F)`` is zero at padded steps; ``finals`` holds the top layer's final carry per
+# direction; ``lengths (B,)`` or None. Each backward returns ``(d_top (T, B, F), d_finals)`` with
+# ``d_finals`` the cotangents of each direction's final output ``h`` (None where not read).
+
+Pool = Literal["final", "last", "mean", "max", "flatten"]
+POOLS = ("final", "last", "mean", "max", "flatten")
+
+
+def _lengths_or_T(lengths, T, B):
+    return jnp.full((B,), T, jnp.int32) if lengths is None else lengths
+
+
+def _pool_final(model, top, finals, lengths):
+    """Each direction's final hidden state, concatenated: the forward one after the last valid
+    step, the backward one after step 0."""
+    return jnp.concatenate([model.cell.output(c) for c in finals], axis=-1)  # (B, H·dirs)
+
+
+def _pool_final_vjp(model, d, top, finals, lengths):
+    H = model.cell.output_size
+    return jnp.zeros_like(top), [d[:, k * H : (k + 1) * H] for k in range(len(finals))]  # concat
+
+
+def _last_index(top, lengths):
+    T, B = top.shape[:2]
+    L = _lengths_or_T(lengths, T, B)
+    return jnp.clip(L - 1, 0, T - 1), L > 0  # (B,), (B,)
+
+
+def _pool_last(model, top, finals, lengths):
+    """The top layer's output at each sequence's last valid step (zeros for an empty one)."""
+    idx, has = _last_index(top, lengths)
+    picked = top[idx, jnp.arange(top.shape[1])]  # (B, F)
+    return jnp.where(has[:, None], picked, jnp.zeros_like(picked))
+
+
+def _pool_last_vjp(model, d, top, finals, lengths):
+    idx, has = _last_index(top, lengths)
+    d = jnp.where(has[:, None], d, jnp.zeros_like(d))
+    return jnp.zeros_like(top).at[idx, jnp.arange(top.shape[1])].set(d), None  # picked = top[idx, b]
+
+
+def _pool_mean(model, top, finals, lengths):
+    """The mean over each sequence's valid steps (zeros for an empty one)."""
+    T, B = top.shape[:2]
+    count = jnp.maximum(_lengths_or_T(lengths, T, B), 1).astype(top.dtype)
+    return jnp.sum(top, axis=0) / count[:, None]  # padded steps of top are zero
+
+
+def _pool_mean_vjp(model, d, top, finals, lengths):
+    T, B = top.shape[:2]
+    count = jnp.maximum(_lengths_or_T(lengths, T, B), 1).astype(top.dtype)
+    d_top = jnp.broadcast_to((d / count[:, None])[None], top.shape)  # mean = Σ_t top / count
+    valid = step_mask(lengths, T)
+    return (d_top if valid is None else jnp.where(valid[..., None], d_top, jnp.zeros_like(d_top))), None
+
+
+def _max_parts(top, lengths):
+    T, B = top.shape[:2]
+    valid = step_mask(_lengths_or_T(lengths, T, B), T)[..., None]  # (T, B, 1)
+    masked = jnp.where(valid, top, jnp.full_like(top, -jnp.inf))
+    return masked, jnp.max(masked, axis=0), _lengths_or_T(lengths, T, B) > 0
+
+
+def _pool_max(model, top, finals, lengths):
+    """The maximum over each sequence's valid steps, feature by feature (zeros for an empty one)."""
+    _, peak, has = _max_parts(top, lengths)
+    return jnp.where(has[:, None], peak, jnp.zeros_like(peak))
+
+
+def _pool_max_vjp(model, d, top, finals, lengths):
+    masked, peak, has = _max_parts(top, lengths)
+    at_peak = (masked == peak[None]).astype(top.dtype)  # (T, B, F); ties share the gradient
+    share = at_peak / jnp.maximum(jnp.sum(at_peak, axis=0), 1.0)[None]
+    d = jnp.where(has[:, None], d, jnp.zeros_like(d))
+    return share * d[None], None  # peak = max_t masked
+
+
+def _pool_flatten(model, top, finals, lengths):
+    """All ``T`` steps of the top layer, concatenated: ``(B, T·F)``."""
+    T, B, F = top.shape
+    return jnp.swapaxes(top, 0, 1).reshape(B, T * F)
+
+
+def _pool_flatten_vjp(model, d, top, finals, lengths):
+    T, B, F = top.shape
+    return jnp.swapaxes(d.reshape(B, T, F), 0, 1), None
+
+
+_POOLING = {
+    "final": (_pool_final, _pool_final_vjp),
+    "last": (_pool_last, _pool_last_vjp),
+    "mean": (_pool_mean, _pool_mean_vjp),
+    "max": (_pool_max, _pool_max_vjp),
+    "flatten": (_pool_flatten, _pool_flatten_vjp),
+}
+"""``pool -> (forward, hand-written backward)``."""
+
+
+def pool(model: "RNN", top: Array, carries, lengths) -> Array:
+    """``model.pool`` applied to the top layer's output ``top (T, B, F)``: ``(B, P)``."""
+    finals = directions(model, carries[-1])
+    return _POOLING[model.pool][0](model, top, finals, lengths)
+
+
+def pool_vjp(model: "RNN", d_pooled: Array, top: Array, carries, lengths):
+    """The hand-written backward of ``pool``: ``(d_top (T, B, F), d_finals)``, ``d_finals`` a
+    list with the cotangent of each direction's final output ``h``, or None."""
+    finals = directions(model, carries[-1])
+    return _POOLING[model.pool][1](model, d_pooled, top, finals, lengths)
+
+
+def loss_view(model: "RNN", ys: Array, seq_lengths):
+    """``(preds, seq_lengths)`` as ``jrnn.losses`` scores them: per-step outputs as they are; a
+    pooled ``(B, O)`` output as a sequence of one step, ``(B, 1, O)``, scored once (targets
+    ``(B, O)`` or labels ``(B,)``)."""
+    if model.pool is None:
+        return ys, seq_lengths
+    return ys[:, None], None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +258,15 @@ class RNN:
       output_size: None, or the size of a per-step linear readout on the top layer.
       dropout: between layers, on every layer's output but the last (PyTorch's placement), one
         mask per sequence; applied only when ``apply`` gets a ``dropout_key``.
+      pool: None (per-step outputs ``(B, T, ·)``), or a sequence-level head that pools the top
+        layer over time into ``(B, P)`` before the readout, so ``apply`` returns ``(B, O)``:
+        ``"final"`` each direction's final hidden state (forward after the last valid step,
+        backward after step 0), concatenated; ``"last"`` the output at the last valid step;
+        ``"mean"`` / ``"max"`` over valid steps; ``"flatten"`` all ``num_steps`` steps
+        concatenated (``P = num_steps · H·dirs``). A sequence of length 0 pools to zeros. For a
+        bidirectional model prefer ``"final"``: at the last step the backward direction has seen
+        one step only.
+      num_steps: the fixed sequence length, required by ``pool="flatten"`` (only).
     """
 
     cell: Cell
@@ -139,6 +274,8 @@ class RNN:
     bidirectional: bool = False
     output_size: int | None = None
     dropout: float = 0.0
+    pool: Pool | None = None
+    num_steps: int | None = None
 
     def __post_init__(self):
         check_cell(self.cell)
@@ -146,6 +283,12 @@ class RNN:
         check_bool("bidirectional", self.bidirectional)
         check_optional_int("output_size", self.output_size)
         check_probability("dropout", self.dropout)
+        if self.pool is not None:
+            check_choice("pool", self.pool, POOLS)
+        if self.pool == "flatten":
+            check_int("num_steps", self.num_steps)
+        elif self.num_steps is not None:
+            fail("num_steps", "None unless pool='flatten'", repr(self.num_steps))
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -162,9 +305,14 @@ class RNN:
         return self.num_directions * self.cell.output_size
 
     @property
+    def pooled_size(self) -> int:
+        """Features the readout reads: the top layer's, times ``num_steps`` for ``"flatten"``."""
+        return self.top_size * (self.num_steps if self.pool == "flatten" else 1)
+
+    @property
     def out_size(self) -> int:
         """Features of ``apply``'s output."""
-        return self.output_size if self.output_size is not None else self.top_size
+        return self.output_size if self.output_size is not None else self.pooled_size
 
     def layer_input_size(self, layer: int, input_size: int) -> int:
         return input_size if layer == 0 else self.top_size
@@ -174,13 +322,16 @@ class RNN:
         return directions(self, params.layers[0])[0]
 
     # -- construction ------------------------------------------------------------------------
-    def init(self, key, input_size: int, dtype=jnp.float32) -> NetworkParams:
+    def init(self, key, input_size: int, dtype=jnp.float32, *, init: InitPreset = "default") -> NetworkParams:
         """Parameters for inputs with ``input_size`` features; one key split per layer.
 
         Args:
           key: a ``jax.random`` key.
           input_size: ``D``, the features of the input sequence.
           dtype: a floating dtype.
+          init: the cells' preset, ``"default"``, ``"torch"`` or ``"keras"`` (``Cell.init``);
+            the readout is Glorot-uniform with a zero bias (``"torch"``: ``U(±1/√P)`` for both, as
+            ``torch.nn.Linear``).
 
         Returns:
           ``NetworkParams(layers, readout)``.
@@ -191,13 +342,17 @@ class RNN:
             d_in = self.layer_input_size(layer, input_size)
             if self.bidirectional:
                 k_f, k_b = jax.random.split(keys[layer])
-                layers.append((self.cell.init(k_f, d_in, dtype), self.cell.init(k_b, d_in, dtype)))
+                layers.append((self.cell.init(k_f, d_in, dtype, init=init), self.cell.init(k_b, d_in, dtype, init=init)))
             else:
-                layers.append(self.cell.init(keys[layer], d_in, dtype))
+                layers.append(self.cell.init(keys[layer], d_in, dtype, init=init))
         head = None
-        if self.output_size is not None:
+        if self.output_size is not None and init == "torch":
+            k_w, k_b = jax.random.split(keys[-1])
+            P, O = self.pooled_size, self.output_size
+            head = Readout(w=torch_uniform(k_w, (P, O), P, dtype), b=torch_uniform(k_b, (O,), P, dtype))
+        elif self.output_size is not None:
             head = Readout(
-                w=glorot_uniform(keys[-1], self.top_size, self.output_size, dtype),
+                w=glorot_uniform(keys[-1], self.pooled_size, self.output_size, dtype),
                 b=jnp.zeros((self.output_size,), dtype),
             )
         return NetworkParams(tuple(layers), head)
@@ -242,7 +397,7 @@ class RNN:
         else:
             if not isinstance(head, Readout):
                 fail("params.readout", "Readout(w, b)", type(head).__name__, TypeError)
-            expected = {"w": (self.top_size, self.output_size), "b": (self.output_size,)}
+            expected = {"w": (self.pooled_size, self.output_size), "b": (self.output_size,)}
             for field, shape in expected.items():
                 got = shape_of(getattr(head, field))
                 if got != shape:
@@ -270,6 +425,8 @@ class RNN:
         """Validate what ``apply`` takes; return ``(layout, lengths, carries, dtype)``."""
         input_size = self.check_params(params)
         layout = check_sequence(xs, input_size, time_major=time_major)
+        if self.pool == "flatten" and layout.num_steps != self.num_steps:
+            fail("xs", f"a sequence of num_steps={self.num_steps} steps for pool='flatten'", f"{layout.num_steps} steps")
         lengths = check_seq_lengths(seq_lengths, layout.batch_size if layout.batched else None, layout.num_steps)
         dtype = compute_dtype(xs, self.first_cell_params(params))
         if carries is not None:
@@ -306,8 +463,9 @@ class RNN:
           backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward).
 
         Returns:
-          ``(ys, carries)``: ``ys`` with ``out_size`` features laid out like ``xs``, and the final
-          carries (one entry per layer, a ``(fwd, bwd)`` pair when bidirectional).
+          ``(ys, carries)``: ``ys`` with ``out_size`` features laid out like ``xs`` (with ``pool``:
+          ``(B, out_size)``, ``(out_size,)`` unbatched), and the final carries (one entry per
+          layer, a ``(fwd, bwd)`` pair when bidirectional).
         """
         check_options(backward=backward, unroll=unroll)
         layout, lengths, carries, _ = self.check_inputs(params, xs, carries, seq_lengths, time_major=time_major)
@@ -337,5 +495,21 @@ def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout
 
     scales = dropout_scales(model, dropout_key, B, dtype)
     top, carries_out, _, _ = stack(model, params, xs, carries, run_layer, scales)
-    ys = readout(params, top, step_mask(lengths, T))
-    return layout.from_scan(ys), layout.carry_from_scan(carries_out)
+    if model.pool is None:
+        ys = layout.from_scan(readout(params, top, step_mask(lengths, T)))
+    else:
+        ys = readout(params, pool(model, top, carries_out, lengths), None)  # (B, O)
+        ys = ys if layout.batched else ys[0]
+    return ys, layout.carry_from_scan(carries_out)
+
+
+def warn_last_step_bidirectional(model: RNN, every_step: bool, stacklevel: int = 3) -> None:
+    """Warn when a bidirectional model is trained on sequence-level targets read at the last step
+    (``pool="last"``, or per-step outputs with last-step targets): there its backward direction
+    has seen a single step. ``pool="final"`` reads each direction's final state instead."""
+    if model.bidirectional and (model.pool == "last" or (model.pool is None and not every_step)):
+        warnings.warn(
+            "a bidirectional model scored at the last step only: its backward direction has seen "
+            "one step there; pool='final' reads each direction's final state "
+            "(jrnn.RNN(..., pool='final'))", UserWarning, stacklevel=stacklevel,
+        )

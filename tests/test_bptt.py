@@ -150,7 +150,7 @@ def autodiff_network(model, params, xs, lengths, k, dropout_key):
         if masks is not None and layer < model.num_layers - 1:
             h = h * masks[layer][:, None, :].astype(h.dtype)
     if params.readout is not None:
-        h = h @ params.readout.w + params.readout.b
+        h = h @ params.readout.w + params.readout.b[None, None, :]
         if lengths is not None:
             h = jnp.where((jnp.arange(xs.shape[1])[None, :] < lengths[:, None])[..., None], h, 0.0)
     return h

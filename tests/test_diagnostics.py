@@ -206,7 +206,7 @@ def loop_network(model, params, xs, lengths, eps):
             outs.append(jnp.stack(ys, axis=1))
         h = jnp.concatenate(outs, axis=-1)
     if params.readout is not None:
-        h = jnp.where(valid[..., None], h @ params.readout.w + params.readout.b, 0.0)
+        h = jnp.where(valid[..., None], h @ params.readout.w + params.readout.b[None, None, :], 0.0)
     return h
 
 
@@ -343,7 +343,7 @@ def bptt_hidden_grads(model, params, xs, targets, lengths):
     for p in params.layers:
         _, ys = jrnn.unroll(cell, p, layer_inputs[-1], seq_lengths=lengths)
         layer_inputs.append(ys)
-    preds = layer_inputs[-1] @ params.readout.w + params.readout.b
+    preds = layer_inputs[-1] @ params.readout.w + params.readout.b[None, None, :]
     _, d_preds = get_loss("mse").value_and_grad(preds, targets, lengths)
     d_ys = d_preds @ params.readout.w.T  # the readout's backward (padded steps have d_preds = 0)
     out = [None] * model.num_layers

@@ -1,10 +1,11 @@
 """``value_and_grad``: the loss of an ``RNN`` and its gradient, every derivative written out.
 
 Forward: the network's own stacking driver (``jrnn.network.stack``) with each direction of each
-layer run by ``jrnn.scan.forward``, keeping its residuals; the readout and the loss, which comes
-with its derivative from ``jrnn.losses`` (``mse`` / ``cross_entropy``, both closed form).
-Backward: the readout, then the layers from the top down, each dropout mask and direction in
-turn, with ``jrnn.scan.backward``.
+layer run by ``jrnn.scan.forward``, keeping its residuals; the pooling of a sequence-level head
+(``jrnn.network.pool``), the readout and the loss, which comes with its derivative from
+``jrnn.losses`` (``mse`` / ``cross_entropy``, both closed form). Backward: the readout, the
+pooling (``jrnn.network.pool_vjp``), then the layers from the top down, each dropout mask and
+direction in turn, with ``jrnn.scan.backward``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ import jax.numpy as jnp
 from jrnn import losses, scan
 from jrnn._checks import check_sequence, check_seq_lengths, check_truncation, fail
 from jrnn.cells.base import batch_sum, outer_sum
-from jrnn.network import RNN, NetworkParams, Readout, directions, dropout_scales, readout, stack
+from jrnn.network import (
+    RNN,
+    NetworkParams,
+    Readout,
+    directions,
+    dropout_scales,
+    pool,
+    pool_vjp,
+    readout,
+    stack,
+    warn_last_step_bidirectional,
+)
 from jrnn.scan import cast_like, cast_tree, compute_dtype, step_mask, truncation_cuts
 
 Array = jax.Array
@@ -76,19 +88,31 @@ def value_and_grad(
     def run_layer(layer, direction, p_d, h, carry, reverse):
         return scan.forward(cell, p_d, h, carry, lengths, reverse=reverse, keep=keep)
 
-    top, _, kept, inputs = stack(model, p, layout.to_scan(xs.astype(dtype)), carries, run_layer, scales)
+    top, finals, kept, inputs = stack(model, p, layout.to_scan(xs.astype(dtype)), carries, run_layer, scales)
     valid = step_mask(lengths, T)
-    preds = readout(p, top, valid)  # (T, B, O)
-    value, d_preds = loss_and_grad(layout.from_scan(preds), targets, lengths)
-
-    # ---- backward
-    d = layout.to_scan(d_preds).astype(dtype)  # (T, B, O)
-    d_readout = None
-    if p.readout is not None:
+    if model.pool is None:
+        warn_last_step_bidirectional(model, jnp.ndim(targets) == (3 if loss == "mse" else 2))
+        features = top  # the readout reads every step: (T, B, F)
+        preds = readout(p, top, valid)  # (T, B, O)
+        value, d_preds = loss_and_grad(layout.from_scan(preds), targets, lengths)
+        d = layout.to_scan(d_preds).astype(dtype)  # (T, B, O)
         if valid is not None:
             d = jnp.where(valid[..., None], d, jnp.zeros_like(d))  # preds = where(valid, ·, 0)
-        d_readout = Readout(w=outer_sum(top, d), b=batch_sum(d))  # preds = top @ w + b
-        d = d @ p.readout.w.T  # preds = top @ w + b: backprop into the top layer's output
+    else:
+        warn_last_step_bidirectional(model, False)
+        features = pool(model, top, finals, lengths)  # (B, P)
+        preds = readout(p, features, None)  # (B, O), scored as one step
+        value, d_preds = loss_and_grad(preds[:, None], targets, None)
+        d = d_preds[:, 0].astype(dtype)
+
+    # ---- backward
+    d_readout = None
+    if p.readout is not None:
+        d_readout = Readout(w=outer_sum(features, d), b=batch_sum(d))  # preds = features @ w + b
+        d = d @ p.readout.w.T  # preds = features @ w + b: backprop into the features
+    d_finals = None
+    if model.pool is not None:
+        d, d_finals = pool_vjp(model, d, top, finals, lengths)  # backprop through the pooling
     H = cell.output_size
     d_layers = [None] * model.num_layers
     for layer in reversed(range(model.num_layers)):
@@ -98,9 +122,11 @@ def value_and_grad(
         d_dirs, d_in = [], None
         for k, p_d in enumerate(directions(model, p.layers[layer])):
             d_y = d[..., k * H : (k + 1) * H] if model.bidirectional else d  # h = concat([fwd, bwd])
+            d_final = scan.tree_zeros_like(c0s[k])  # the final carries are not scored ...
+            if d_finals is not None and layer == model.num_layers - 1:
+                d_final = cell.add_to_output(d_final, d_finals[k])  # ... unless pooled
             d_p, d_x, _ = scan.backward(
-                cell, p_d, inputs[layer], c0s[k], lengths, kept[layer][k], d_y,
-                scan.tree_zeros_like(c0s[k]),  # the final carries are not scored
+                cell, p_d, inputs[layer], c0s[k], lengths, kept[layer][k], d_y, d_final,
                 reverse=(k == 1), cuts=truncation_cuts(T, truncation, reverse=(k == 1)), need_d_xs=layer > 0,
             )  # fmt: skip
             d_dirs.append(d_p)

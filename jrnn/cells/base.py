@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrnn._checks import check_choice, check_dtype, check_int, check_key, fail, shape_of
-from jrnn.cells.init import RECURRENT_INITS
+from jrnn.cells.init import INIT_PRESETS, RECURRENT_INITS, InitPreset, orthogonal_full, torch_uniform
 
 Array = jax.Array
 
@@ -115,14 +115,17 @@ class Cell:
         return params.w_x.shape[0]
 
     # -- construction ------------------------------------------------------------------------
-    def init(self, key, input_size: int, dtype=jnp.float32):
-        """Initial parameters: Glorot-uniform ``w_x``, ``w_h`` from ``recurrent_init`` with gain
-        ``recurrent_scale``, zero biases (LSTM: ``forget_bias`` in the f block).
+    def init(self, key, input_size: int, dtype=jnp.float32, *, init: InitPreset = "default"):
+        """Initial parameters.
 
         Args:
           key: a ``jax.random`` key.
           input_size: ``D``, the features of ``x_t``.
           dtype: a floating dtype.
+          init: ``"default"`` (Glorot-uniform ``w_x``, ``w_h`` per gate block from
+            ``recurrent_init`` with gain ``recurrent_scale``, zero biases, the LSTM's
+            ``forget_bias`` in its f block), ``"torch"`` (PyTorch's ``U(±1/√H)`` for every weight
+            and bias) or ``"keras"`` (Keras' defaults); see ``jrnn.cells.init.INIT_PRESETS``.
 
         Returns:
           the cell's params NamedTuple.
@@ -130,7 +133,31 @@ class Cell:
         check_int("input_size", input_size)
         dtype = check_dtype("dtype", dtype)
         check_key("key", key)
-        return self._init(key, input_size, dtype)
+        check_choice("init", init, INIT_PRESETS)
+        if init != "default" and (self.recurrent_init, self.recurrent_scale) != ("orthogonal", 1.0):
+            fail(
+                f"init={init!r}", "used with the default recurrent_init and recurrent_scale (the preset sets them)",
+                f"recurrent_init={self.recurrent_init!r}, recurrent_scale={self.recurrent_scale!r}",
+            )  # fmt: skip
+        if init == "torch":
+            return self._init_torch(key, input_size, dtype)
+        params = self._init(key, input_size, dtype)
+        if init == "keras":  # the same, but w_h orthogonal as a whole matrix
+            params = params._replace(w_h=orthogonal_full(jax.random.fold_in(key, 1), self.hidden_size, self.gate_size, dtype))
+        return params
+
+    def _init_torch(self, key, input_size: int, dtype):
+        """PyTorch's draws in PyTorch's layout, converted by the cell's own PyTorch map."""
+        H, G = self.hidden_size, self.gate_size
+        k_ih, k_hh, k_bi, k_bh = jax.random.split(key, 4)
+        if type(self).from_torch_mode is Cell.from_torch_mode:  # no PyTorch counterpart: every leaf U(±1/√H)
+            keys = jax.random.split(key, len(self.params_type._fields))
+            shapes = self.param_shapes(input_size)
+            return self.params_type(*(torch_uniform(k, shapes[f], H, dtype) for k, f in zip(keys, self.params_type._fields)))
+        return self.from_torch_weights(
+            torch_uniform(k_ih, (G, input_size), H, dtype), torch_uniform(k_hh, (G, H), H, dtype),
+            torch_uniform(k_bi, (G,), H, dtype), torch_uniform(k_bh, (G,), H, dtype),
+        )  # fmt: skip
 
     def _init(self, key, input_size: int, dtype):
         raise NotImplementedError

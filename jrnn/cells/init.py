@@ -63,3 +63,30 @@ def recurrent_matrix(key, hidden_size: int, num_blocks: int, init: str, scale: f
     keys = jax.random.split(key, num_blocks)
     blocks = [RECURRENT_INITS[init](k, hidden_size, scale, dtype) for k in keys]
     return jnp.concatenate(blocks, axis=1)
+
+
+def orthogonal_full(key, rows: int, cols: int, dtype) -> Array:
+    """A ``(rows, cols)`` matrix with orthonormal rows or columns (whichever are fewer), Keras'
+    ``Orthogonal`` initializer over the whole matrix (not per gate block)."""
+    a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), _work_dtype(dtype))
+    q, r = jnp.linalg.qr(a)
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    return (q.T if rows < cols else q).astype(dtype)
+
+
+def torch_uniform(key, shape, hidden_size: int, dtype) -> Array:
+    """PyTorch's recurrent-layer default: ``U(±1/sqrt(hidden_size))``."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    return jax.random.uniform(key, shape, _work_dtype(dtype), -bound, bound).astype(dtype)
+
+
+InitPreset = Literal["default", "torch", "keras"]
+INIT_PRESETS = ("default", "torch", "keras")
+"""``init=`` presets of ``Cell.init`` / ``RNN.init``:
+
+- ``"default"``: Glorot-uniform ``w_x``, ``w_h`` per gate block from ``recurrent_init`` with the
+  gain ``recurrent_scale``, zero biases (the LSTM's ``forget_bias`` in its f block);
+- ``"torch"``: every weight and bias ``U(±1/√H)`` as ``torch.nn.RNN/LSTM/GRU`` draw them (PyTorch's
+  ``bias_ih`` and ``bias_hh`` each, so a summed bias ``b`` is their sum; no forget bias);
+- ``"keras"``: Keras' defaults: Glorot-uniform ``w_x``, ``w_h`` orthogonal as a whole matrix, zero
+  biases with the LSTM's unit forget bias (its ``forget_bias``, 1.0 by default)."""
