@@ -97,7 +97,7 @@ def make_problem(case: Case, seed: int = 0) -> Problem:
     target = (0.5 * rng.standard_normal((case.B, case.T, model.top_size))).astype(dtype)
 
     def to_np(p):
-        return tuple(np.asarray(a) for a in p)
+        return tuple(np.asarray(a) for a in p if a is not None)
 
     layers_np = [tuple(to_np(d) for d in p) if case.bidirectional else to_np(p) for p in params.layers]
     return Problem(case, model, params, layers_np, xs, target)

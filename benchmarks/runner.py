@@ -34,6 +34,7 @@ BENCHMARKS = {
     "speed": "training gradient and inference time vs PyTorch, Flax, Equinox, NumPy hand BPTT",
     "memory": "peak memory of one gradient vs T: autodiff, remat, bptt",
     "compile": "compile time vs T, layers and unroll",
+    "fit_overhead": "step time of jrnn.train.fit against a hand-written jitted loop on the same model and data",
     "scaling": "time vs T, B and H with fitted exponents",
     "quality": "tasks trained to their bars, time to reach them, chance baselines",
     "gpu": "LSTM on GPU, float32 and bfloat16, vs cuDNN (skipped without a GPU)",

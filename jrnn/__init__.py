@@ -18,6 +18,8 @@ from jrnn.cells import (
     LSTMCarry,
     LSTMCell,
     LSTMParams,
+    MinGRUCell,
+    MinLSTMCell,
     VanillaCell,
     VanillaParams,
     make_cell,
@@ -25,9 +27,9 @@ from jrnn.cells import (
 from jrnn.network import RNN, NetworkParams, Readout
 from jrnn.unroll import unroll
 
-from jrnn import bptt, datasets, diagnostics, losses, optim, scan, tasks, train  # noqa: E402
+from jrnn import bptt, datasets, diagnostics, losses, metrics, optim, parallel, scan, tasks, train  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it
 
 _LAZY = ("interop", "nnx")
 
@@ -49,6 +51,8 @@ __all__ = [
     "LSTMCarry",
     "LSTMCell",
     "LSTMParams",
+    "MinGRUCell",
+    "MinLSTMCell",
     "NetworkParams",
     "RNN",
     "Readout",

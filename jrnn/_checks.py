@@ -268,3 +268,32 @@ def check_array_dtype(argument: str, x: Any, kind: ArrayKind, what: str = "") ->
     dtype = getattr(x, "dtype", None)
     if dtype is None or not any(jnp.issubdtype(dtype, base) for base in bases):
         fail(argument, f"{expected} {what}".strip(), f"dtype {dtype}", TypeError)
+
+
+def check_mask(mask: Any, layout: Layout) -> Array | None:
+    """``mask``: booleans laid out like the sequence without its feature axis (``(B, T)``,
+    ``(T, B)`` time-major, ``(T,)`` unbatched), True where a step is run. Returns it time-major
+    ``(T, B)``, or None."""
+    if mask is None:
+        return None
+    expected = layout.shape(1)[:-1]
+    if shape_of(mask) is None:
+        mask = np.asarray(mask)
+    if shape_of(mask) != expected:
+        fail("mask", f"of shape {expected} (one boolean per step, laid out like xs)", shape_of(mask))
+    if not jnp.issubdtype(mask.dtype, jnp.bool_):
+        fail("mask", "booleans", f"dtype {mask.dtype}", TypeError)
+    mask = jnp.asarray(mask)
+    if not layout.batched:
+        return mask[:, None]
+    return mask if layout.time_major else mask.T
+
+
+def run_steps(lengths: Array | None, mask: Array | None, num_steps: int) -> Array | None:
+    """What the scans take as ``steps``: lengths ``(B,)`` (the fast path) when there is no mask,
+    else the ``(T, B)`` mask, restricted to ``t < lengths[b]`` when both are given."""
+    if mask is None:
+        return lengths
+    if lengths is None:
+        return mask
+    return mask & (jnp.arange(num_steps)[:, None] < lengths[None, :])

@@ -153,21 +153,15 @@ TASKS = ("sine", "timing", "adding", "copy", "temporal_order", "sunspots", "aapl
 # ----------------------------------------------------------------------------------------------
 
 
-def _evaluate(model, params, data: tuple, loss: str) -> dict:
-    """Loss (and accuracy for classification) of ``params`` on a fixed set."""
-    import jax
+def _evaluate(model, params, data: tuple, loss: str, metrics: tuple = ()) -> dict:
+    """Loss (and accuracy for classification, and any ``metrics``) of ``params`` on a fixed set,
+    by ``jrnn.train.evaluate``."""
+    from jrnn.train import evaluate
 
-    from jrnn.losses import get_loss
-
-    xs, targets = data[0], data[1]
-    preds = jax.jit(lambda p, x: model.apply(p, x)[0])(params, xs)
-    out = {"loss": float(get_loss(loss).loss(preds, targets))}
-    if loss == "cross_entropy":
-        logits = np.asarray(preds)
-        if np.ndim(targets) == 1:
-            logits = logits[:, -1]
-        out["accuracy"] = float(np.mean(logits.argmax(-1) == np.asarray(targets)))
-    return out
+    metrics = tuple(metrics)
+    if loss == "cross_entropy" and "accuracy" not in metrics:
+        metrics = ("accuracy", *metrics)
+    return evaluate(model, params, data, loss=loss, metrics=metrics)
 
 
 def _figure(width=7.0, height=4.0):
@@ -368,6 +362,19 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--backward", choices=("autodiff", "bptt"), default="bptt",
         help="gradient: the hand-written BPTT of jrnn.bptt or JAX autodiff (default: bptt, the "
              "same gradients, faster)")
+    add("--pool", choices=("final", "last", "mean", "max", "flatten"), default=None,
+        help="pool each sequence into one output before the readout (jrnn.RNN(pool=...)): for "
+             "tasks scored once per sequence (adding, temporal_order, digits, sunspots, aapl) "
+             "(default: none, one output per step)")
+    add("--init", choices=("default", "torch", "keras"), default="default",
+        help="initializer preset (model.init(key, D, init=...)): default, torch or keras (default: default)")
+    add("--metrics", default=None, metavar="NAMES",
+        help="comma-separated jrnn.metrics recorded at every step and evaluation and in "
+             "metrics.json: accuracy, top_5_accuracy (classification), mse, mae, rmse (regression) "
+             "(default: none; classification tasks report accuracy at the end anyway)")
+    add("--early-stopping", default=None, metavar="PATIENCE[:METRIC]",
+        help="stop after PATIENCE validation evaluations (every --eval-every steps) without "
+             "improvement of METRIC (loss, or one of --metrics; default: loss)")
     add("--checkpoint-dir", default=None,
         help="save orbax checkpoints here and resume from the latest one if present (default: none)")
     add("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
@@ -389,15 +396,21 @@ def run_train(args) -> int:
     from jrnn.optim import make_optimizer
     from jrnn.train import fit
 
+    metrics = tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip())
+    stopping = _early_stopping(args.early_stopping)
     build, default_len = _tasks_table()[args.task]
     seq_len = default_len if args.seq_len is None else args.seq_len
     k_data, k_init, k_fit = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     problem = build(args, k_data, seq_len)
+    every_step = np.ndim(problem.val[1]) == (3 if problem.loss == "mse" else 2)
+    if args.pool is not None and every_step:
+        raise SystemExit(
+            f"jrnn train: error: --pool needs a task scored once per sequence (adding, "
+            f"temporal_order, digits, sunspots, aapl); --task {args.task} scores every step"
+        )
 
-    cell_kwargs = {"activation": args.activation or "tanh"} if args.cell == "vanilla" else {}
-    model = jrnn.RNN(jrnn.make_cell(args.cell, args.hidden, **cell_kwargs), num_layers=args.layers,
-                     output_size=problem.output_size)
-    params = jax.jit(model.init, static_argnums=1)(k_init, problem.input_size)
+    model = _train_model(jrnn, args, problem.output_size, num_steps=int(np.shape(problem.val[0])[1]))
+    params = jax.jit(model.init, static_argnums=1, static_argnames="init")(k_init, problem.input_size, init=args.init)
     clip = args.clip if args.clip and args.clip > 0 else None
     optimizer = make_optimizer(args.optimizer, args.lr, clip_norm=clip)  # clip once: fit reads it here
     os.makedirs(args.out, exist_ok=True)
@@ -405,13 +418,14 @@ def run_train(args) -> int:
         model, params, optimizer, problem.train, steps=args.steps, loss=problem.loss,
         truncation=args.truncation, backward=args.backward, batch_size=problem.batch_size,
         eval_data=problem.val, eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, metrics=metrics, early_stopping=stopping,
         log_path=_fresh_log(args.out, args.checkpoint_dir is not None),
         progress=not args.no_progress, key=k_fit,
     )
-    train_scores = _evaluate(model, result.params, problem.train_eval, problem.loss)
-    val_scores = _evaluate(model, result.params, problem.val, problem.loss)
+    train_scores = _evaluate(model, result.params, problem.train_eval, problem.loss, metrics)
+    val_scores = _evaluate(model, result.params, problem.val, problem.loss, metrics)
     wall = time.perf_counter() - t0
+    timing = result.timing
 
     plot_loss_curve(result.history, os.path.join(args.out, "loss_curve.png"), loss=problem.loss,
                     baselines=problem.baselines,
@@ -423,12 +437,16 @@ def run_train(args) -> int:
         "loss": problem.loss,
         "train_loss": train_scores["loss"],
         "val_loss": val_scores["loss"],
-        **({"train_accuracy": train_scores["accuracy"], "val_accuracy": val_scores["accuracy"]}
-           if "accuracy" in val_scores else {}),
+        **{f"{part}_{name}": scores[name] for name in val_scores if name != "loss"
+           for part, scores in (("train", train_scores), ("val", val_scores))},
         "baselines": problem.baselines,
         "steps": result.step,
+        "stopped_early": result.stopped_early,
+        "best_eval": result.best,
         **_step_counts(result.history),
         "wall_time_s": round(wall, 2),
+        "compile_s": round(timing["compile_s"], 3),
+        "step_ms": None if timing["step_s"] is None else round(1e3 * timing["step_s"], 4),
         "device": str(jax.devices()[0]),
         "config": {k: v for k, v in vars(args).items() if k != "run"} | {"seq_len": seq_len},
     }
@@ -436,19 +454,49 @@ def run_train(args) -> int:
     name = "MSE" if problem.loss == "mse" else "cross-entropy"
     print(f"train {name}       {train_scores['loss']:.4g}")
     print(f"validation {name}  {val_scores['loss']:.4g}")
-    if "accuracy" in val_scores:
-        print(f"validation accuracy  {val_scores['accuracy']:.3f}")
+    for name in (n for n in val_scores if n != "loss"):
+        print(f"validation {name.replace('_', ' ')}  {val_scores[name]:.4g}")
     print("baselines: " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in problem.baselines.items()))
-    print(f"{result.step} steps in {wall:.1f} s; wrote loss_curve.png, metrics.json, log.jsonl to "
-          f"{os.path.abspath(args.out)}")
+    if result.stopped_early:
+        best = result.best
+        print(f"early stopping after step {result.step}; best validation {best['metric']} "
+              f"{best['value']:.4g} at step {best['step']}")
+    step_ms = "" if timing["step_s"] is None else f", {1e3 * timing['step_s']:.3g} ms per step"
+    print(f"{result.step} steps in {wall:.1f} s (compilation {timing['compile_s']:.1f} s{step_ms}); wrote "
+          f"loss_curve.png, metrics.json, log.jsonl to {os.path.abspath(args.out)}")
     return 0
+
+
+def _early_stopping(value: str | None):
+    """``PATIENCE[:METRIC]`` -> ``jrnn.train.EarlyStopping`` (None for None)."""
+    if value is None:
+        return None
+    from jrnn.train import EarlyStopping
+
+    patience, _, metric = value.partition(":")
+    try:
+        return EarlyStopping(int(patience), metric=metric or "loss")
+    except ValueError:
+        raise SystemExit(f"jrnn train: error: --early-stopping must be PATIENCE[:METRIC] with PATIENCE a "
+                         f"positive int, got {value!r}") from None
+
+
+def _train_model(jrnn, args, output_size: int, num_steps: int):
+    """The ``jrnn.RNN`` of ``jrnn train``: ``--cell``, ``--activation``, ``--init``, ``--layers``,
+    ``--hidden``, ``--pool`` (``"flatten"`` with the task's fixed ``num_steps``)."""
+    cell_kwargs = {"activation": args.activation or "tanh"} if args.cell == "vanilla" else {}
+    cell = jrnn.make_cell(args.cell, args.hidden, **cell_kwargs)
+    rnn_kwargs = {} if args.pool is None else {"pool": args.pool}
+    if args.pool == "flatten":
+        rnn_kwargs["num_steps"] = num_steps
+    return jrnn.RNN(cell, num_layers=args.layers, output_size=output_size, **rnn_kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
 # The command table and main
 # ----------------------------------------------------------------------------------------------
 
-_BENCH_NAMES = ("speed", "memory", "compile", "scaling", "quality", "gpu")
+_BENCH_NAMES = ("speed", "memory", "compile", "scaling", "quality", "gpu", "fit_overhead")
 """The benchmarks of ``python -m benchmarks`` (``benchmarks.runner.BENCHMARKS``), for the help."""
 
 
@@ -507,6 +555,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jrnn`` parser: one subcommand per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="jrnn", description="Recurrent neural networks in JAX: demo, training and benchmarks."
     )

@@ -14,6 +14,7 @@ so per layer and direction::
     w_x = weight_ih.T             w_h = weight_hh.T
     Vanilla, LSTM:  b = bias_ih + bias_hh          (back: bias_ih = b, bias_hh = 0)
     GRU:            b_x = bias_ih, b_h = bias_hh   (both kept: b_hn sits inside r·(h w_hn + b_hn))
+    LSTM with proj_size=P:  also w_hr = weight_hr.T (H, P), and w_h (P, 4H)
 
 Layer ``l``'s backward direction is PyTorch's ``*_l{l}_reverse``, and PyTorch's ``h_n[l·dirs + d]``
 is ``carries[l]`` (``carries[l][d]`` when bidirectional). PyTorch packed sequences
@@ -29,12 +30,23 @@ Flax linen (``nn.SimpleCell``, ``nn.LSTMCell``, ``nn.OptimizedLSTMCell``, ``nn.G
 Flax keeps one ``Dense`` per gate, kernels already ``(in, out)``: ``w_x`` is the column-wise
 concatenation of the input kernels, ``w_h`` of the recurrent ones, in gate order.
 
-These functions convert eagerly (outside ``jit``); ``torch`` is imported only when a PyTorch
-function is called.
+Keras 3 (``keras.layers.SimpleRNN``, ``LSTM``, ``GRU``, ``Bidirectional``)::
+
+    model, params = from_keras(layer)              # a built layer (or a list of stacked ones)
+    layer = to_keras(model, params)                # a built layer with the same weights
+
+Keras stores ``kernel (D, G)``, ``recurrent_kernel (H, G)`` and ``bias``, already ``(in, out)``.
+SimpleRNN and LSTM (gates ``i, f, c, o`` = jrnn's ``i, f, g, o``) map as they are; Keras' GRU
+orders its blocks ``z, r, h``, so the first two blocks swap, and its ``bias`` is ``(2, 3H)``
+(``b_x``, ``b_h``) with ``reset_after=True``, ``(3H,)`` (``b_x``, jrnn's reset-before form) without.
+
+These functions convert eagerly (outside ``jit``); ``torch`` and ``keras`` are imported only when
+a PyTorch or Keras function is called.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Mapping
 
@@ -53,8 +65,10 @@ __all__ = [
     "carry_from_flax",
     "carry_to_flax",
     "from_flax",
+    "from_keras",
     "from_torch",
     "to_flax",
+    "to_keras",
     "to_torch",
     "torch_state_dict",
 ]
@@ -152,7 +166,8 @@ def from_torch(module) -> tuple[RNN, NetworkParams]:
     Any ``num_layers``, ``bidirectional``, ``batch_first`` (a calling convention only: pass
     ``time_major=not batch_first`` to ``apply`` to feed the same layout) and ``dropout`` (carried
     over to ``RNN(dropout=...)``; PyTorch's masks are per step, jrnn's per sequence, so only the
-    deterministic forward pass matches). A module with ``bias=False`` gives zero biases.
+    deterministic forward pass matches). A module with ``bias=False`` gives zero biases. An
+    ``nn.LSTM`` with ``proj_size=P`` gives ``LSTMCell(H, proj_size=P)`` with ``w_hr = weight_hr.T``.
 
     The parameters keep the module's dtype: a float64 module gives float64 params (which needs
     ``jax_enable_x64``; without it JAX stores float32).
@@ -163,20 +178,18 @@ def from_torch(module) -> tuple[RNN, NetworkParams]:
 
     Raises:
       TypeError: ``module`` is not one of the three modules.
-      ValueError: ``proj_size > 0`` (LSTM projections have no jrnn counterpart).
     """
     torch = _torch()
     if not isinstance(module, (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU)):
         raise TypeError(
             f"module must be a torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU, got {type(module).__name__}"
         )
-    if getattr(module, "proj_size", 0) > 0:
-        raise ValueError(
-            f"module.proj_size must be 0: LSTM projections have no jrnn counterpart, got proj_size={module.proj_size}"
-        )
     if not 0.0 <= module.dropout < 1.0:
         raise ValueError(f"module.dropout must be in [0, 1) for jrnn.RNN, got {module.dropout!r}")
     cell = _cell_for_torch_mode(module.mode, module.hidden_size)
+    proj_size = getattr(module, "proj_size", 0)
+    if proj_size:  # only nn.LSTM has one
+        cell = dataclasses.replace(cell, proj_size=proj_size)
     model = RNN(
         cell=cell,
         num_layers=module.num_layers,
@@ -189,9 +202,10 @@ def from_torch(module) -> tuple[RNN, NetworkParams]:
         directions = []
         for d in range(model.num_directions):
             s = _suffix(layer, d)
+            extra = {name: weights[name + s] for name in ("weight_hr",) if name + s in weights}
             directions.append(cell.from_torch_weights(
                 weights["weight_ih" + s], weights["weight_hh" + s],
-                weights.get("bias_ih" + s), weights.get("bias_hh" + s),
+                weights.get("bias_ih" + s), weights.get("bias_hh" + s), **extra,
             ))  # fmt: skip
         layers.append(tuple(directions) if model.bidirectional else directions[0])
     return model, NetworkParams(tuple(layers), None)
@@ -213,6 +227,11 @@ def _check_model(model, params) -> int:
         raise ValueError(
             f"model.output_size must be None for PyTorch (torch.nn.RNN/LSTM/GRU have no readout), got "
             f"{model.output_size}; convert params.readout to torch.nn.Linear(weight=w.T, bias=b) apart"
+        )
+    if model.pool is not None or model.merge != "concat":
+        raise ValueError(
+            "model must have pool=None and merge='concat' for PyTorch (its recurrent modules return "
+            f"per-step outputs with the directions concatenated), got pool={model.pool!r}, merge={model.merge!r}"
         )
     return model.check_params(params)
 
@@ -236,6 +255,8 @@ def torch_state_dict(model: RNN, params: NetworkParams, *, bias: bool = True, dt
             w_ih, w_hh, b_ih, b_hh = model.cell.to_torch_weights(p)
             state["weight_ih" + s] = _to_tensor(w_ih, dtype)
             state["weight_hh" + s] = _to_tensor(w_hh, dtype)
+            for name, w in model.cell.torch_extra_weights(p).items():  # weight_hr with proj_size
+                state[name + s] = _to_tensor(w, dtype)
             if bias:
                 state["bias_ih" + s] = _to_tensor(b_ih, dtype)
                 state["bias_hh" + s] = _to_tensor(b_hh, dtype)
@@ -278,6 +299,8 @@ def to_torch(model: RNN, params: NetworkParams, *, batch_first: bool = True, bia
     mode = _torch_mode(model)
     torch_cls = _torch_classes()[mode]
     kwargs = {"nonlinearity": "tanh" if mode == "RNN_TANH" else "relu"} if mode.startswith("RNN") else {}
+    if getattr(model.cell, "proj_size", 0):
+        kwargs["proj_size"] = model.cell.proj_size
     with warnings.catch_warnings():  # torch warns about dropout with num_layers=1; jrnn allows it
         warnings.filterwarnings("ignore", message=".*dropout.*", category=UserWarning)
         module = torch_cls(
@@ -295,13 +318,14 @@ def to_torch(model: RNN, params: NetworkParams, *, batch_first: bool = True, bia
     return module
 
 
-def _check_torch_state(model: RNN, h, argument: str) -> Array:
+def _check_torch_state(model: RNN, h, argument: str, size: int) -> Array:
     h = _to_jax(h)
     L = model.num_layers * model.num_directions
-    H = model.hidden_size
+    H = size
     if h.ndim not in (2, 3) or h.shape[0] != L or h.shape[-1] != H:
+        what = "hidden_size" if size == model.hidden_size else "proj_size"
         raise ValueError(
-            f"{argument} must be (num_layers·directions={L}, B, hidden_size={H}) or unbatched ({L}, {H}), "
+            f"{argument} must be (num_layers·directions={L}, B, {what}={H}) or unbatched ({L}, {H}), "
             f"got shape {tuple(h.shape)}"
         )
     return h
@@ -317,17 +341,20 @@ def carries_from_torch(model: RNN, h_0) -> tuple:
     if not isinstance(model, RNN):
         raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
     parts = model.cell.carry_parts  # PyTorch's state tuple, (h_0, c_0) for an LSTM, in this order
+    sizes = [a.shape[-1] for a in jax.tree_util.tree_leaves(model.cell.initial_carry())]  # h: P with proj_size
     if len(parts) > 1:
         if not (isinstance(h_0, (tuple, list)) and len(h_0) == len(parts)):
             names = ", ".join(f"{p}_0" for p in parts)
             raise TypeError(f"h_0 for a {type(model.cell).__name__} must be a ({names}) tuple, got {type(h_0).__name__}")
-        states = [_check_torch_state(model, a, f"h_0[{k}] ({p}_0)") for k, (a, p) in enumerate(zip(h_0, parts))]
-        if any(a.shape != states[0].shape for a in states):
+        states = [
+            _check_torch_state(model, a, f"h_0[{k}] ({p}_0)", n) for k, (a, p, n) in enumerate(zip(h_0, parts, sizes))
+        ]
+        if any(a.shape[:-1] != states[0].shape[:-1] for a in states):
             raise ValueError(f"h_0's parts must have the same shape, got {[tuple(a.shape) for a in states]}")
     else:
         if isinstance(h_0, (tuple, list)):
             raise TypeError(f"h_0 for a {type(model.cell).__name__} must be one tensor, got a {type(h_0).__name__}")
-        states = [_check_torch_state(model, h_0, "h_0")]
+        states = [_check_torch_state(model, h_0, "h_0", sizes[0])]
     treedef = jax.tree_util.tree_structure(model.cell.initial_carry())
     carries = []
     dirs = model.num_directions
@@ -560,3 +587,213 @@ def carry_to_flax(cell: Cell, carry):
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jrnn cell, got {type(cell).__name__}")
     return cell.carry_to_flax(carry)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras 3
+
+
+def _keras():
+    try:
+        import keras
+    except ImportError as e:  # pragma: no cover - keras is an optional dependency
+        raise ImportError("jrnn.interop's Keras functions need keras 3 (pip install keras)") from e
+    return keras
+
+
+def _keras_scope():
+    """Keras' own code (initializers, weight assignment) broadcasts implicitly: allow it there
+    even where ``jax_numpy_rank_promotion="raise"`` is set."""
+    return jax.numpy_rank_promotion("allow")
+
+
+def _keras_cells() -> dict[str, type[Cell]]:
+    """``Keras layer name -> jrnn cell class`` for every registered cell with a Keras counterpart."""
+    from jrnn.cells import VanillaCell
+
+    table = {cls.keras_layer: cls for cls in cell_types() if cls.keras_layer is not None}
+    table.setdefault("SimpleRNN", VanillaCell)  # the Elman cell is Keras' SimpleRNN
+    return table
+
+
+_KERAS_MERGES = {"concat": "concat", "sum": "sum", "ave": "mean", "mul": "mul"}
+"""Keras' ``Bidirectional(merge_mode=...)`` -> ``jrnn.RNN(merge=...)``."""
+
+
+def _keras_layer_kind(keras, layer, argument: str) -> tuple[type[Cell], Any]:
+    """``(cell class, keras class)`` of a plain Keras recurrent layer."""
+    for name, cls in _keras_cells().items():
+        keras_cls = getattr(keras.layers, name)
+        if isinstance(layer, keras_cls):
+            return cls, keras_cls
+    raise TypeError(
+        f"{argument} must be a keras.layers.SimpleRNN, LSTM, GRU or a Bidirectional of one, got {type(layer).__name__}"
+    )
+
+
+def _from_keras_one(keras, layer, argument: str):
+    """``(cell, [params per direction], bidirectional, merge, return_sequences, input_size)``."""
+    bidirectional = isinstance(layer, keras.layers.Bidirectional)
+    if bidirectional:
+        if layer.merge_mode not in _KERAS_MERGES:
+            raise ValueError(
+                f"{argument}.merge_mode must be one of {sorted(_KERAS_MERGES)} (jrnn merges the two directions "
+                f"into one output), got {layer.merge_mode!r}"
+            )
+        parts = [
+            (layer.forward_layer, f"{argument}.forward_layer"),
+            (layer.backward_layer, f"{argument}.backward_layer"),
+        ]
+    else:
+        parts = [(layer, argument)]
+    cells, params = [], []
+    for part, where in parts:
+        cls, _ = _keras_layer_kind(keras, part, where)
+        if not part.built or not part.weights:
+            raise ValueError(f"{where} must be built (call it once or layer.build(input_shape)), got an unbuilt layer")
+        config = part.get_config()
+        if part.go_backwards != (part is not parts[0][0]):
+            raise ValueError(
+                f"{where}.go_backwards must be {part is not parts[0][0]} (a reverse direction is a Bidirectional's "
+                f"backward layer), got {part.go_backwards}"
+            )
+        cell = cls.from_keras_config(config)
+        with _keras_scope():
+            weights = [jnp.asarray(w) for w in part.get_weights()]
+        kernel, recurrent_kernel = weights[:2]
+        bias = weights[2] if config.get("use_bias", True) else None
+        params.append(cell.from_keras_weights(kernel, recurrent_kernel, bias))
+        cells.append(cell)
+    if any(c != cells[0] for c in cells):
+        raise ValueError(f"{argument}'s two directions must be the same kind of cell, got {cells[0]} and {cells[1]}")
+    return_sequences = bool(parts[-1][0].return_sequences)
+    if bidirectional and bool(parts[0][0].return_sequences) != return_sequences:
+        raise ValueError(f"{argument}'s two directions must agree on return_sequences")
+    merge = _KERAS_MERGES[layer.merge_mode] if bidirectional else "concat"
+    return cells[0], params, bidirectional, merge, return_sequences, cells[0].input_size_of(params[0])
+
+
+def from_keras(layer) -> tuple[RNN, NetworkParams]:
+    """Convert a built Keras 3 ``SimpleRNN``, ``LSTM``, ``GRU`` or ``Bidirectional`` of one.
+
+    ``layer`` may also be a list (or a ``keras.Sequential``) of such layers stacked, with the same
+    cell and directions; they become the layers of one ``jrnn.RNN``. The Keras layer's
+    ``return_sequences=False`` (the last output only) becomes ``RNN(pool="final")`` (each
+    direction's final state, merged); ``Bidirectional(merge_mode=...)`` becomes
+    ``RNN(merge=...)`` (``"ave"`` is ``"mean"``). Keras' ``dropout`` and ``recurrent_dropout``
+    act in training only and are not carried over: the deterministic forward pass matches.
+
+    The weights (``kernel``, ``recurrent_kernel``, ``bias``, already ``(in, out)``) map as the module
+    docstring says; ``use_bias=False`` gives zero biases. The parameters keep the layer's dtype.
+
+    Returns:
+      ``(model, params)``: a ``jrnn.RNN`` (``output_size=None``) and its ``NetworkParams``.
+
+    Raises:
+      TypeError: ``layer`` is not one of these layers.
+      ValueError: an unbuilt layer, activations other than Keras' defaults for LSTM and GRU, a
+        ``go_backwards`` layer outside a ``Bidirectional``, ``merge_mode=None``, or stacked layers
+        that differ or do not return sequences into the next one.
+    """
+    keras = _keras()
+    if isinstance(layer, keras.Sequential):
+        layer = list(layer.layers)
+    stack = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not stack:
+        raise ValueError("layer must be a Keras recurrent layer or a non-empty list of them, got an empty list")
+    many = len(stack) > 1
+    converted = [_from_keras_one(keras, one, f"layer[{k}]" if many else "layer") for k, one in enumerate(stack)]
+    cell, _, bidirectional, merge, return_sequences, _ = converted[0]
+    for k, (c, _, bi, m, seq, d_in) in enumerate(converted):
+        if (c, bi, m) != (cell, bidirectional, merge):
+            raise ValueError(
+                f"layer[{k}] must have the cell and directions of layer[0] to stack, got {c}, bidirectional={bi}"
+            )
+        if k < len(converted) - 1 and not seq:
+            raise ValueError(f"layer[{k}].return_sequences must be True to feed the next layer, got False")
+    model = RNN(
+        cell=cell, num_layers=len(stack), bidirectional=bidirectional,
+        pool=None if converted[-1][4] else "final", **({"merge": merge} if merge != "concat" else {}),
+    )  # fmt: skip
+    layers = tuple(tuple(p) if bidirectional else p[0] for _, p, *_ in converted)
+    params = NetworkParams(layers, None)
+    model.check_params(params)
+    return model, params
+
+
+def to_keras(model: RNN, params: NetworkParams, *, use_bias: bool = True):
+    """Build Keras 3 layers that compute what ``model.apply(params, ·)`` computes.
+
+    A ``VanillaCell`` gives ``keras.layers.SimpleRNN`` (same activation), an ``LSTMCell``
+    ``keras.layers.LSTM`` and a ``GRUCell`` ``keras.layers.GRU`` (same ``reset_after``), wrapped in
+    ``keras.layers.Bidirectional`` (``merge_mode`` from ``model.merge``) when bidirectional. Each
+    layer is built for inputs ``(batch, time, features)`` with the params' dtype and returns the
+    whole sequence (``return_sequences=True``), or its final states with ``pool="final"``.
+
+    Args:
+      model: a ``jrnn.RNN`` with ``output_size=None`` and ``pool`` None or ``"final"``.
+      params: its ``NetworkParams``.
+      use_bias: ``False`` builds ``use_bias=False`` layers and requires the biases to be zero.
+
+    Returns:
+      the layer when ``model.num_layers == 1``, else a list of layers to stack in order.
+
+    Raises:
+      TypeError: ``model`` is not a ``jrnn.RNN`` or its cell has no Keras counterpart.
+      ValueError: a readout, another pooling, cell options Keras lacks (LSTM ``proj_size``,
+        ``peepholes``, ``layer_norm``), or non-zero biases with ``use_bias=False``.
+    """
+    keras = _keras()
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
+    if model.output_size is not None:
+        raise ValueError(
+            f"model.output_size must be None for Keras (convert params.readout to keras.layers.Dense apart), "
+            f"got {model.output_size}"
+        )
+    if model.pool not in (None, "final"):
+        raise ValueError(f"model.pool must be None or 'final' for Keras (return_sequences), got {model.pool!r}")
+    if not isinstance(use_bias, (bool, np.bool_)):
+        raise TypeError(f"use_bias must be a bool, got {use_bias!r}")
+    names = {cls: name for name, cls in _keras_cells().items()}
+    if type(model.cell) not in names:
+        raise TypeError(f"model.cell must be a cell with a Keras counterpart, got {type(model.cell).__name__}")
+    input_size = model.check_params(params)
+    merge = getattr(model, "merge", "concat")
+    keras_merge = {v: k for k, v in _KERAS_MERGES.items()}[merge]
+    config = model.cell.keras_config()  # raises for options Keras lacks
+    dtype = str(jnp.dtype(model.first_cell_params(params).w_h.dtype))
+    keras_cls = getattr(keras.layers, names[type(model.cell)])
+    options = {"use_bias": bool(use_bias), "dtype": dtype}
+    out = []
+    with _keras_scope():
+        for layer, layer_params in enumerate(params.layers):
+            sequences = model.pool is None or layer < model.num_layers - 1
+            d_in = model.layer_input_size(layer, input_size)
+            out.append(_to_keras_layer(keras, keras_cls, model, layer, layer_params, d_in,
+                                       {**config, **options, "return_sequences": sequences}, keras_merge))  # fmt: skip
+    return out[0] if model.num_layers == 1 else out
+
+
+def _to_keras_layer(keras, keras_cls, model, layer, layer_params, d_in, kwargs, keras_merge):
+    """Layer ``layer`` as one built Keras layer (a ``Bidirectional`` of two when bidirectional)."""
+    pairs = list(enumerate(directions(model, layer_params)))
+    if not kwargs["use_bias"]:
+        for d, p in pairs:
+            for b in model.cell.keras_biases(p):
+                if np.any(np.asarray(b, np.float64) != 0.0):
+                    raise ValueError(
+                        f"params.layers[{layer}] (direction {d}) biases must be zero for use_bias=False, "
+                        f"got max |b| = {float(jnp.abs(b).max())}"
+                    )
+    if model.bidirectional:
+        built = keras.layers.Bidirectional(keras_cls(**kwargs), merge_mode=keras_merge, dtype=kwargs["dtype"])
+        built.build((None, None, d_in))
+        targets = [built.forward_layer, built.backward_layer]
+    else:
+        built = keras_cls(**kwargs)
+        built.build((None, None, d_in))
+        targets = [built]
+    for target, (_, p) in zip(targets, pairs):
+        target.set_weights([np.asarray(w) for w in model.cell.keras_weights(p, use_bias=kwargs["use_bias"])])
+    return built

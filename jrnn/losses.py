@@ -276,6 +276,7 @@ LOSSES: dict[str, LossPair] = {
     "mse": LossPair(mse, mse_value_and_grad),
     "cross_entropy": LossPair(cross_entropy, cross_entropy_value_and_grad),
 }
+"""The registry: ``name -> LossPair(loss, value_and_grad)``, for ``get_loss`` and training."""
 
 
 def get_loss(name: LossName) -> LossPair:

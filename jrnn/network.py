@@ -29,18 +29,21 @@ from jrnn._checks import (
     Layout,
     check_bool,
     check_choice,
+    check_mask,
     check_int,
     check_optional_int,
     check_probability,
     check_seq_lengths,
     check_sequence,
     fail,
+    run_steps,
     shape_of,
 )
 from jrnn.cells import Cell, check_cell, glorot_uniform
 from jrnn.cells.base import add_bias
 from jrnn.cells.init import InitPreset, torch_uniform
 from jrnn.scan import Backward, compute_dtype, scan_layer, step_mask
+from jrnn.unroll import Method
 from jrnn.unroll import check_options, prepare_carry
 
 Array = jax.Array
@@ -81,12 +84,46 @@ def dropout_scales(model: "RNN", dropout_key, batch_size: int, dtype) -> list:
     return scales + [None]
 
 
+Merge = Literal["concat", "sum", "mean", "mul"]
+MERGES = ("concat", "sum", "mean", "mul")
+
+
+def merge(model: "RNN", outs: list) -> Array:
+    """A layer's directions as one output (``model.merge``): ``concat([fwd, bwd], -1)``, their
+    sum, mean or elementwise product; a unidirectional layer's output as it is."""
+    if len(outs) == 1:
+        return outs[0]
+    fwd, bwd = outs
+    return _MERGES[model.merge][0](fwd, bwd)
+
+
+def merge_vjp(model: "RNN", d: Array, outs: list) -> list:
+    """The hand-written backward of ``merge``: the cotangent of each direction's output."""
+    if len(outs) == 1:
+        return [d]
+    return list(_MERGES[model.merge][1](d, *outs))
+
+
+def _split_halves(d, fwd, bwd):
+    H = fwd.shape[-1]
+    return d[..., :H], d[..., H:]  # merged = concat([fwd, bwd])
+
+
+_MERGES = {
+    "concat": (lambda f, b: jnp.concatenate([f, b], axis=-1), _split_halves),
+    "sum": (lambda f, b: f + b, lambda d, f, b: (d, d)),
+    "mean": (lambda f, b: 0.5 * (f + b), lambda d, f, b: (0.5 * d, 0.5 * d)),
+    "mul": (lambda f, b: f * b, lambda d, f, b: (d * b, d * f)),
+}
+"""``merge -> (forward, hand-written backward)``."""
+
+
 def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, scales) -> tuple:
     """The one stacking driver: every layer and direction of ``model`` over time-major ``xs``.
 
     ``run_layer(layer, direction, params, h, carry, reverse) -> (carry_T, ys, kept)`` runs one
-    direction of one layer over ``h (T, B, ·)``; a bidirectional layer feeds the next one
-    ``concat([fwd, bwd], -1)``, and ``scales[l]`` (``dropout_scales``) multiplies layer l's
+    direction of one layer over ``h (T, B, ·)``; a bidirectional layer feeds the next one its
+    directions merged (``merge``: ``concat([fwd, bwd], -1)`` by default), and ``scales[l]`` (``dropout_scales``) multiplies layer l's
     output. ``RNN.apply``, the hand-written network backward and the diagnostics all run here.
 
     Returns:
@@ -105,7 +142,7 @@ def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, 
             outs.append(y)
             cs.append(c)
             ks.append(k)
-        h = jnp.concatenate(outs, axis=-1) if model.bidirectional else outs[0]  # (T, B, H·dirs)
+        h = merge(model, outs)  # (T, B, top_size)
         new_carries.append(tuple(cs) if model.bidirectional else cs[0])
         kept.append(ks)
         if scales[layer] is not None:
@@ -127,77 +164,77 @@ def readout(params: "NetworkParams", top: Array, valid: Array | None) -> Array:
 # --------------------------------------------------------------------------------------------
 # Sequence-level heads: pooling the top layer over time, forward and hand-written backward.
 # ``top (T, B, F)`` is zero at padded steps; ``finals`` holds the top layer's final carry per
-# direction; ``lengths (B,)`` or None. Each backward returns ``(d_top (T, B, F), d_finals)`` with
+# direction; ``steps`` the scans' steps (None, lengths ``(B,)`` or a ``(T, B)`` mask). Each backward returns ``(d_top (T, B, F), d_finals)`` with
 # ``d_finals`` the cotangents of each direction's final output ``h`` (None where not read).
 
 Pool = Literal["final", "last", "mean", "max", "flatten"]
 POOLS = ("final", "last", "mean", "max", "flatten")
 
 
-def _lengths_or_T(lengths, T, B):
-    return jnp.full((B,), T, jnp.int32) if lengths is None else lengths
+def _run(top, steps):
+    """``(T, B)`` booleans: the steps that ran (all when ``steps`` is None)."""
+    valid = step_mask(steps, top.shape[0])
+    return jnp.ones(top.shape[:2], bool) if valid is None else valid
 
 
-def _pool_final(model, top, finals, lengths):
-    """Each direction's final hidden state, concatenated: the forward one after the last valid
-    step, the backward one after step 0."""
-    return jnp.concatenate([model.cell.output(c) for c in finals], axis=-1)  # (B, H·dirs)
+def _pool_final(model, top, finals, steps):
+    """Each direction's final hidden state, merged (``merge``): the forward one after the last
+    run step, the backward one after step 0."""
+    return merge(model, [model.cell.output(c) for c in finals])  # (B, top_size)
 
 
-def _pool_final_vjp(model, d, top, finals, lengths):
-    H = model.cell.output_size
-    return jnp.zeros_like(top), [d[:, k * H : (k + 1) * H] for k in range(len(finals))]  # concat
+def _pool_final_vjp(model, d, top, finals, steps):
+    return jnp.zeros_like(top), merge_vjp(model, d, [model.cell.output(c) for c in finals])
 
 
-def _last_index(top, lengths):
-    T, B = top.shape[:2]
-    L = _lengths_or_T(lengths, T, B)
-    return jnp.clip(L - 1, 0, T - 1), L > 0  # (B,), (B,)
+def _last_index(top, steps):
+    T = top.shape[0]
+    t = jnp.broadcast_to(jnp.arange(T)[:, None], top.shape[:2])
+    last = jnp.max(jnp.where(_run(top, steps), t, -1), axis=0)  # (B,)
+    return jnp.clip(last, 0, T - 1), last >= 0
 
 
-def _pool_last(model, top, finals, lengths):
-    """The top layer's output at each sequence's last valid step (zeros for an empty one)."""
-    idx, has = _last_index(top, lengths)
+def _pool_last(model, top, finals, steps):
+    """The top layer's output at each sequence's last run step (zeros for an empty one)."""
+    idx, has = _last_index(top, steps)
     picked = top[idx, jnp.arange(top.shape[1])]  # (B, F)
     return jnp.where(has[:, None], picked, jnp.zeros_like(picked))
 
 
-def _pool_last_vjp(model, d, top, finals, lengths):
-    idx, has = _last_index(top, lengths)
+def _pool_last_vjp(model, d, top, finals, steps):
+    idx, has = _last_index(top, steps)
     d = jnp.where(has[:, None], d, jnp.zeros_like(d))
     return jnp.zeros_like(top).at[idx, jnp.arange(top.shape[1])].set(d), None  # picked = top[idx, b]
 
 
-def _pool_mean(model, top, finals, lengths):
-    """The mean over each sequence's valid steps (zeros for an empty one)."""
-    T, B = top.shape[:2]
-    count = jnp.maximum(_lengths_or_T(lengths, T, B), 1).astype(top.dtype)
-    return jnp.sum(top, axis=0) / count[:, None]  # padded steps of top are zero
+def _count(top, steps):
+    return jnp.maximum(jnp.sum(_run(top, steps), axis=0), 1).astype(top.dtype)  # (B,)
 
 
-def _pool_mean_vjp(model, d, top, finals, lengths):
-    T, B = top.shape[:2]
-    count = jnp.maximum(_lengths_or_T(lengths, T, B), 1).astype(top.dtype)
-    d_top = jnp.broadcast_to((d / count[:, None])[None], top.shape)  # mean = Σ_t top / count
-    valid = step_mask(lengths, T)
-    return (d_top if valid is None else jnp.where(valid[..., None], d_top, jnp.zeros_like(d_top))), None
+def _pool_mean(model, top, finals, steps):
+    """The mean over each sequence's run steps (zeros for an empty one)."""
+    return jnp.sum(top, axis=0) / _count(top, steps)[:, None]  # steps not run are zero in top
 
 
-def _max_parts(top, lengths):
-    T, B = top.shape[:2]
-    valid = step_mask(_lengths_or_T(lengths, T, B), T)[..., None]  # (T, B, 1)
-    masked = jnp.where(valid, top, jnp.full_like(top, -jnp.inf))
-    return masked, jnp.max(masked, axis=0), _lengths_or_T(lengths, T, B) > 0
+def _pool_mean_vjp(model, d, top, finals, steps):
+    d_top = jnp.broadcast_to((d / _count(top, steps)[:, None])[None], top.shape)  # mean = Σ_t top / count
+    return jnp.where(_run(top, steps)[..., None], d_top, jnp.zeros_like(d_top)), None
 
 
-def _pool_max(model, top, finals, lengths):
-    """The maximum over each sequence's valid steps, feature by feature (zeros for an empty one)."""
-    _, peak, has = _max_parts(top, lengths)
+def _max_parts(top, steps):
+    valid = _run(top, steps)
+    masked = jnp.where(valid[..., None], top, jnp.full_like(top, -jnp.inf))
+    return masked, jnp.max(masked, axis=0), jnp.any(valid, axis=0)
+
+
+def _pool_max(model, top, finals, steps):
+    """The maximum over each sequence's run steps, feature by feature (zeros for an empty one)."""
+    _, peak, has = _max_parts(top, steps)
     return jnp.where(has[:, None], peak, jnp.zeros_like(peak))
 
 
-def _pool_max_vjp(model, d, top, finals, lengths):
-    masked, peak, has = _max_parts(top, lengths)
+def _pool_max_vjp(model, d, top, finals, steps):
+    masked, peak, has = _max_parts(top, steps)
     at_peak = (masked == peak[None]).astype(top.dtype)  # (T, B, F); ties share the gradient
     share = at_peak / jnp.maximum(jnp.sum(at_peak, axis=0), 1.0)[None]
     d = jnp.where(has[:, None], d, jnp.zeros_like(d))
@@ -267,6 +304,10 @@ class RNN:
         bidirectional model prefer ``"final"``: at the last step the backward direction has seen
         one step only.
       num_steps: the fixed sequence length, required by ``pool="flatten"`` (only).
+      merge: how a bidirectional layer's two directions become its output (and the next layer's
+        input): ``"concat"`` (``(·, 2H)``, PyTorch's), ``"sum"``, ``"mean"`` or ``"mul"``
+        (elementwise, ``(·, H)``), as Keras' ``Bidirectional(merge_mode=...)``. ``pool="final"``
+        merges the two final states the same way.
     """
 
     cell: Cell
@@ -276,6 +317,7 @@ class RNN:
     dropout: float = 0.0
     pool: Pool | None = None
     num_steps: int | None = None
+    merge: Merge = "concat"
 
     def __post_init__(self):
         check_cell(self.cell)
@@ -285,6 +327,9 @@ class RNN:
         check_probability("dropout", self.dropout)
         if self.pool is not None:
             check_choice("pool", self.pool, POOLS)
+        check_choice("merge", self.merge, MERGES)
+        if self.merge != "concat" and not self.bidirectional:
+            fail("merge", "'concat' for a unidirectional RNN (it merges two directions)", repr(self.merge))
         if self.pool == "flatten":
             check_int("num_steps", self.num_steps)
         elif self.num_steps is not None:
@@ -293,16 +338,18 @@ class RNN:
     # -- sizes -------------------------------------------------------------------------------
     @property
     def num_directions(self) -> int:
+        """2 when bidirectional, else 1."""
         return 2 if self.bidirectional else 1
 
     @property
     def hidden_size(self) -> int:
+        """``H``, the cell's hidden size."""
         return self.cell.hidden_size
 
     @property
     def top_size(self) -> int:
-        """Features of the top layer's output (before the readout)."""
-        return self.num_directions * self.cell.output_size
+        """Features of a layer's output (its directions merged), the top one's before the readout."""
+        return self.cell.output_size * (self.num_directions if self.merge == "concat" else 1)
 
     @property
     def pooled_size(self) -> int:
@@ -315,6 +362,7 @@ class RNN:
         return self.output_size if self.output_size is not None else self.pooled_size
 
     def layer_input_size(self, layer: int, input_size: int) -> int:
+        """Features layer ``layer`` reads: ``input_size`` for layer 0, ``top_size`` above it."""
         return input_size if layer == 0 else self.top_size
 
     def first_cell_params(self, params: NetworkParams):
@@ -421,17 +469,19 @@ class RNN:
                 out.append(prepare_carry(self.cell, c, batch_shape, dtype, f"carries[{layer}]"))
         return tuple(out)
 
-    def check_inputs(self, params, xs, carries, seq_lengths, *, time_major: bool = False):
-        """Validate what ``apply`` takes; return ``(layout, lengths, carries, dtype)``."""
+    def check_inputs(self, params, xs, carries, seq_lengths, *, time_major: bool = False, mask=None):
+        """Validate what ``apply`` takes; return ``(layout, steps, carries, dtype)`` with ``steps``
+        what the scans take (None, lengths ``(B,)``, or a time-major ``(T, B)`` mask)."""
         input_size = self.check_params(params)
         layout = check_sequence(xs, input_size, time_major=time_major)
         if self.pool == "flatten" and layout.num_steps != self.num_steps:
             fail("xs", f"a sequence of num_steps={self.num_steps} steps for pool='flatten'", f"{layout.num_steps} steps")
         lengths = check_seq_lengths(seq_lengths, layout.batch_size if layout.batched else None, layout.num_steps)
+        steps = run_steps(lengths, check_mask(mask, layout), layout.num_steps)
         dtype = compute_dtype(xs, self.first_cell_params(params))
         if carries is not None:
             carries = self.check_carries(carries, layout.batch_shape, dtype)
-        return layout, lengths, carries, dtype
+        return layout, steps, carries, dtype
 
     # -- the forward pass --------------------------------------------------------------------
     def apply(
@@ -441,11 +491,13 @@ class RNN:
         carries=None,
         *,
         seq_lengths=None,
+        mask=None,
         dropout_key=None,
         time_major: bool = False,
         unroll: int = 1,
         remat: bool = False,
         backward: Backward = "autodiff",
+        method: Method = "sequential",
     ):
         """Run the network over a sequence.
 
@@ -456,29 +508,35 @@ class RNN:
             carries returned by an earlier call continue that sequence.
           seq_lengths: ``(B,)`` ints; steps at or past a sequence's length leave its carries
             unchanged and give zero outputs (readout included).
+          mask: booleans laid out like ``xs`` without its feature axis, for gaps and left padding
+            (Keras' semantics, as in ``jrnn.unroll``): a masked step keeps every layer's carry and
+            outputs zeros; the backward direction reads the unmasked steps backwards.
           dropout_key: a ``jax.random`` key for ``dropout`` (None: no dropout).
           time_major: ``xs`` and ``ys`` are ``(T, B, ·)``.
           unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
           remat: recompute per-step intermediates in the backward pass instead of storing them.
           backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward).
+          method: ``"sequential"`` or a parallel-in-time solve of each layer (``jrnn.unroll``).
 
         Returns:
           ``(ys, carries)``: ``ys`` with ``out_size`` features laid out like ``xs`` (with ``pool``:
           ``(B, out_size)``, ``(out_size,)`` unbatched), and the final carries (one entry per
           layer, a ``(fwd, bwd)`` pair when bidirectional).
         """
-        check_options(backward=backward, unroll=unroll)
-        layout, lengths, carries, _ = self.check_inputs(params, xs, carries, seq_lengths, time_major=time_major)
+        check_options(backward=backward, unroll=unroll, method=method)
+        layout, steps, carries, _ = self.check_inputs(
+            params, xs, carries, seq_lengths, time_major=time_major, mask=mask
+        )
         if dropout_key is None or self.dropout == 0.0:
             dropout_key = None
         return _forward(
-            self, params, xs, carries, lengths, dropout_key,
-            layout=layout, unroll=int(unroll), remat=bool(remat), backward=backward,
+            self, params, xs, carries, steps, dropout_key,
+            layout=layout, unroll=int(unroll), remat=bool(remat), backward=backward, method=method,
         )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layout", "unroll", "remat", "backward"))
-def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout, unroll, remat, backward):
+@functools.partial(jax.jit, static_argnames=("model", "layout", "unroll", "remat", "backward", "method"))
+def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout, unroll, remat, backward, method):
     """``RNN.apply`` after validation, compiled once per spec and shape (also when called eagerly)."""
     xs = layout.to_scan(xs)  # (T, B, D)
     T, B = xs.shape[:2]
@@ -490,7 +548,7 @@ def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout
 
     def run_layer(layer, direction, p, h, carry, reverse):
         carry_T, ys = scan_layer(model.cell, p, h, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,
-                                 backward=backward)  # fmt: skip
+                                 backward=backward, method=method)  # fmt: skip
         return carry_T, ys, None
 
     scales = dropout_scales(model, dropout_key, B, dtype)

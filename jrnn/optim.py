@@ -314,6 +314,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": _adam,
     "adamw": _adamw,
 }
+"""The update rules of ``make_optimizer``: ``name -> builder(learning_rate, weight_decay, ...)``."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,6 +371,7 @@ SCHEDULES: dict[str, Callable[..., ScalarOrSchedule]] = {
     "exponential": _exponential,
     "warmup_cosine": _warmup_cosine,
 }
+"""The learning-rate schedules of ``make_optimizer(..., schedule=name)``: ``name -> builder``."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,12 +41,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn import parallel
 from jrnn.cells.base import Cell, add_bias
+from jrnn.parallel import METHODS, Method
 
 Array = jax.Array
 
 Backward = Literal["autodiff", "bptt"]
 BACKWARDS: tuple[str, ...] = ("autodiff", "bptt")
+"""The backward passes of ``backward=``: JAX's autodiff of the scan, or the hand-written BPTT."""
 
 HOIST_MAX_BYTES = 1 << 20
 """``scan_autodiff`` hoists the input projection out of the loop only while the projected
@@ -76,6 +79,7 @@ def compute_dtype(xs, params):
 
 
 def cast_tree(tree, dtype):
+    """Every leaf of ``tree`` as an array of ``dtype``."""
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
 
 
@@ -90,14 +94,26 @@ def tree_where(m: Array, a, b):
 
 
 def tree_zeros_like(tree):
+    """Zeros shaped like every leaf of ``tree``."""
     return jax.tree_util.tree_map(jnp.zeros_like, tree)
 
 
-def step_mask(lengths: Array | None, num_steps: int) -> Array | None:
-    """``(T, B)`` booleans, True where step t lies inside sequence b; None without lengths."""
-    if lengths is None:
+def step_mask(steps: Array | None, num_steps: int) -> Array | None:
+    """``(T, B)`` booleans, True where step t of sequence b is run; None when every step is.
+
+    ``steps`` is what the scans take: None, lengths ``(B,)`` ints (step t runs when
+    ``t < lengths[b]``, the fast path) or a ``(T, B)`` boolean mask (any pattern of steps).
+    """
+    if steps is None:
         return None
-    return jnp.arange(num_steps)[:, None] < lengths[None, :]
+    if steps.ndim == 2:
+        return steps
+    return jnp.arange(num_steps)[:, None] < steps[None, :]
+
+
+def is_general_mask(steps) -> bool:
+    """Whether ``steps`` is a ``(T, B)`` mask (gaps allowed) rather than lengths."""
+    return steps is not None and steps.ndim == 2
 
 
 def truncation_cuts(num_steps: int, truncation: int | None, reverse: bool = False) -> np.ndarray | None:
@@ -147,6 +163,27 @@ def entering(states: Array, first: Array, valid: Array | None, reverse: bool) ->
     if valid is None:
         return shifted
     return jnp.where(_valid_before(valid, reverse)[..., None], shifted, first[None])
+
+
+def _entering_source(valid: Array, reverse: bool) -> Array:
+    """``(T, B)`` ints: the step whose carry enters step t under a general mask, the last run step
+    before t in processing order, or ``-1`` / ``T`` (forward / reverse) for the initial carry."""
+    T = valid.shape[0]
+    t = jnp.broadcast_to(jnp.arange(T)[:, None], valid.shape)
+    if reverse:
+        first_at_or_after = jax.lax.cummin(jnp.where(valid, t, T), axis=0, reverse=True)
+        return jnp.concatenate([first_at_or_after[1:], jnp.full_like(t[:1], T)])
+    last_at_or_before = jax.lax.cummax(jnp.where(valid, t, -1), axis=0)
+    return jnp.concatenate([jnp.full_like(t[:1], -1), last_at_or_before[:-1]])
+
+
+def _gather_entering(states: Array, first: Array, source: Array) -> Array:
+    """The carries entering the steps of ``source (n, B)`` (``_entering_source``), read from the
+    stored carries ``states (T, B, H)``: ``(n, B, H)``."""
+    T = states.shape[0]
+    rows = jnp.take_along_axis(states, jnp.clip(source, 0, T - 1)[..., None], axis=0)
+    has = (source >= 0) & (source <= T - 1)
+    return jnp.where(has[..., None], rows, first[None])
 
 
 def _entering_row(states, first, t, before_t, reverse):
@@ -498,14 +535,22 @@ def backward(
     T = xs.shape[0]
     valid = step_mask(lengths, T)
     before = _valid_before(valid, reverse)
+    # a general mask (gaps): the carry entering a step comes from the last run step before it
+    source = _entering_source(valid, reverse) if is_general_mask(lengths) else None
     cuts = None if cuts is None else jnp.asarray(cuts)
     states, reserve = residuals
     num_leaves = len(jax.tree_util.tree_leaves(carry0))
     if reserve is not None or not has_residuals(cell, params, xs, carry0):
         # the whole sequence as one segment; the h entering each step is materialized for the
         # d_w_h GEMM, the other carry parts (the LSTM's c) are read from the stored carries
-        h_prev = entering(cell.output(states), cell.output(carry0), valid, reverse)
-        seg = _Segment(xs, d_ys, valid, before, cuts, states, [h_prev] + [None] * (num_leaves - 1), carry0)
+        if source is None:
+            h_prev = entering(cell.output(states), cell.output(carry0), valid, reverse)
+            prev = [h_prev] + [None] * (num_leaves - 1)
+        else:
+            prev = [_gather_entering(st, c0, source) for st, c0 in
+                    zip(jax.tree_util.tree_leaves(states), jax.tree_util.tree_leaves(carry0))]  # fmt: skip
+            h_prev = prev[0]
+        seg = _Segment(xs, d_ys, valid, before, cuts, states, prev, carry0)
         d_carry0, d_pre = _reverse_loop(cell, params, seg, reserve, d_carry_T, reverse, unroll)
         d_params = cell.param_grads(params, xs, h_prev, d_pre)
         return d_params, (cell.input_grads(params, d_pre) if need_d_xs else None), d_carry0
@@ -517,7 +562,10 @@ def backward(
         """Recompute and run steps ``[s, s + n)``, adding their gradients to ``acc``."""
         d_carry, d_params, d_xs = acc
         sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
-        entering_rows = lambda st, c0: _entering_rows(st, c0, s, n, before, reverse)  # noqa: E731
+        if source is None:
+            entering_rows = lambda st, c0: _entering_rows(st, c0, s, n, before, reverse)  # noqa: E731
+        else:
+            entering_rows = lambda st, c0: _gather_entering(st, c0, sl(source))  # noqa: E731
         prev = jax.tree_util.tree_map(entering_rows, states, carry0)
         part = jax.tree_util.tree_map(sl, states)
         seg = _Segment(sl(xs), sl(d_ys), sl(valid), sl(before), sl(cuts), part, jax.tree_util.tree_leaves(prev), carry0)
@@ -583,6 +631,17 @@ SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt}
 """``backward -> scan``: how ``scan_layer`` runs and differentiates one layer."""
 
 
-def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False, backward="autodiff"):
-    """One layer with the chosen backward (time-major, validated inputs): ``(carry_T, ys)``."""
-    return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
+def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False, backward="autodiff",
+               method="sequential"):  # fmt: skip
+    """One layer with the chosen backward (time-major, validated inputs): ``(carry_T, ys)``.
+
+    ``method="sequential"`` runs the scans above; ``"newton"``, ``"quasi_newton"`` and ``"elk"``
+    solve the trajectory in parallel over time (``jrnn.parallel.solve_layer``, default options),
+    differentiated by its adjoint, which ``backward`` then solves (``unroll`` and ``remat`` do
+    not apply).
+    """
+    if method == "sequential":
+        return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
+    carry_T, ys, _ = parallel.solve_layer(cell, params, xs, carry, lengths, method=method, reverse=reverse,
+                                          backward=backward)  # fmt: skip
+    return carry_T, ys

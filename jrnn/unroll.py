@@ -15,19 +15,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jrnn._checks import Layout, check_choice, check_int, check_seq_lengths, check_sequence
+from jrnn._checks import Layout, check_choice, check_int, check_mask, check_seq_lengths, check_sequence, run_steps
 from jrnn.cells.base import Cell, check_cell
-from jrnn.scan import BACKWARDS, Backward, compute_dtype, scan_layer
+from jrnn.scan import BACKWARDS, METHODS, Backward, Method, compute_dtype, scan_layer
 
 Array = jax.Array
 
-__all__ = ["BACKWARDS", "check_options", "prepare_carry", "unroll"]
+__all__ = ["BACKWARDS", "METHODS", "check_options", "prepare_carry", "unroll"]
 
 
-def check_options(*, backward: Any, unroll: Any) -> None:
-    """``backward`` in ``BACKWARDS`` and ``unroll`` a positive int."""
+def check_options(*, backward: Any, unroll: Any, method: Any = "sequential") -> None:
+    """``backward`` in ``BACKWARDS``, ``unroll`` a positive int and ``method`` in ``METHODS``."""
     check_choice("backward", backward, BACKWARDS)
     check_int("unroll", unroll)
+    check_choice("method", method, METHODS)
 
 
 def prepare_carry(cell: Cell, carry, batch_shape, dtype, argument: str = "carry"):
@@ -45,11 +46,13 @@ def unroll(
     carry=None,
     *,
     seq_lengths=None,
+    mask=None,
     reverse: bool = False,
     time_major: bool = False,
     unroll: int = 1,
     remat: bool = False,
     backward: Backward = "autodiff",
+    method: Method = "sequential",
 ):
     """Run ``cell`` over a sequence.
 
@@ -60,30 +63,43 @@ def unroll(
       carry: initial carry (zeros when None), batch shape ``(B,)`` (``()`` when unbatched).
       seq_lengths: ``(B,)`` ints; steps ``t >= seq_lengths[b]`` leave the carry unchanged and give
         zero outputs, so ``carry_T`` is each sequence's carry after its last valid step.
-      reverse: run from the last valid step back to the first (outputs stay aligned with inputs).
+      mask: booleans laid out like ``xs`` without its feature axis (``(B, T)``, ``(T, B)``
+        time-major, ``(T,)`` unbatched), for gaps and left padding (Keras' semantics): a step
+        where it is False keeps the carry and outputs zeros. With ``seq_lengths`` too, a step runs
+        where both allow it. ``seq_lengths`` alone is the faster path.
+      reverse: run from the last valid step back to the first (outputs stay aligned with inputs);
+        with ``mask``, the unmasked steps are read backwards.
       time_major: ``xs`` and ``ys`` are ``(T, B, ·)``.
       unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
       remat: recompute each step in the backward pass instead of storing its intermediates.
       backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward of ``jrnn.scan``).
+      method: ``"sequential"`` (the scan, one step after another), or a parallel-in-time solve of
+        the whole trajectory: ``"newton"`` (DEER), ``"quasi_newton"`` (diagonal Jacobians) or
+        ``"elk"`` (damped); see ``jrnn.parallel``, whose ``solve`` takes the same arguments plus
+        the solver's options and also returns the iteration count and residual. A solve that
+        does not converge falls back to the sequential scan. Its gradient is the adjoint of the
+        solve; ``backward`` picks how that is solved, and ``unroll`` and ``remat`` do not apply.
 
     Returns:
       ``(carry_T, ys)`` with ``ys`` laid out like ``xs`` and ``H`` features.
     """
     check_cell(cell)
-    check_options(backward=backward, unroll=unroll)
+    check_options(backward=backward, unroll=unroll, method=method)
     cell.check_params(params)
     layout = check_sequence(xs, cell.input_size_of(params), time_major=time_major)
     lengths = check_seq_lengths(seq_lengths, layout.batch_size if layout.batched else None, layout.num_steps)
+    steps = run_steps(lengths, check_mask(mask, layout), layout.num_steps)
     if carry is not None:
         carry = prepare_carry(cell, carry, layout.batch_shape, compute_dtype(xs, params))
     return _unroll(
-        cell, params, xs, carry, lengths,
+        cell, params, xs, carry, steps,
         layout=layout, reverse=bool(reverse), unroll=int(unroll), remat=bool(remat), backward=backward,
+        method=method,
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("cell", "layout", "reverse", "unroll", "remat", "backward"))
-def _unroll(cell, params, xs, carry, lengths, *, layout: Layout, reverse, unroll, remat, backward):
+@functools.partial(jax.jit, static_argnames=("cell", "layout", "reverse", "unroll", "remat", "backward", "method"))
+def _unroll(cell, params, xs, carry, lengths, *, layout: Layout, reverse, unroll, remat, backward, method):
     """``unroll`` after validation, compiled once per spec and shape (also when called eagerly)."""
     xs = layout.to_scan(xs)  # (T, B, D)
     if carry is None:
@@ -91,6 +107,7 @@ def _unroll(cell, params, xs, carry, lengths, *, layout: Layout, reverse, unroll
     else:
         carry = layout.carry_to_scan(carry)
     carry_T, ys = scan_layer(
-        cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat, backward=backward
+        cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat, backward=backward,
+        method=method,
     )
     return layout.carry_from_scan(carry_T), layout.from_scan(ys)

@@ -5,3 +5,14 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop compiled executables after each test module, so that one long test process does not
+    accumulate thousands of them (memory, and XLA's own caches)."""
+    yield
+    jax.clear_caches()

@@ -22,7 +22,8 @@ NP_ACTIVATIONS = {
 
 
 def _np(p):
-    return type(p)(*(np.asarray(a, np.float64) for a in p))
+    """The params' fields as float64 arrays, in order; the options' None fields left out."""
+    return tuple(np.asarray(a, np.float64) for a in p if a is not None)
 
 
 def vanilla_step(p, h, x, activation="tanh"):

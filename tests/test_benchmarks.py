@@ -74,7 +74,7 @@ def test_numpy_hand_bptt_matches_autodiff(kind, layers, bidirectional):
         return jnp.mean((model.apply(p, xs)[0] - target) ** 2)
 
     want_loss, want = jax.value_and_grad(loss_fn)(params)
-    to_np = lambda p: tuple(np.asarray(a) for a in p)  # noqa: E731
+    to_np = lambda p: tuple(np.asarray(a) for a in p if a is not None)  # noqa: E731
     layers_np = [tuple(to_np(d) for d in p) if bidirectional else to_np(p) for p in params.layers]
     loss, grads = numpy_rnn.mse_value_and_grad(kind, layers_np, xs, target, bidirectional)
     flat = [a for g in grads for d in (g if bidirectional else [g]) for a in d]

@@ -106,3 +106,47 @@ def test_train_rejects_activation_for_gated_cells(tmp_path):
         cli.main(["train", "--cell", "lstm", "--activation", "relu", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         cli.main(["train", "--task", "unknown"])
+
+
+def test_train_with_metrics_early_stopping_and_pool(tmp_path, capsys):
+    """--metrics columns in the log and metrics.json, --early-stopping ends the run, --pool gives
+    one output per sequence; compile time reported apart."""
+    import jrnn
+
+    out = tmp_path / "order"
+    args = ["train", "--task", "temporal_order", "--cell", "gru", "--hidden", "4", "--steps", "40",
+            "--batch-size", "4", "--seq-len", "12", "--eval-every", "2", "--metrics", "accuracy,top_2_accuracy",
+            "--early-stopping", "1:accuracy", "--init", "torch", "--out", str(out), "--no-progress"]
+    pooled = "pool" in getattr(jrnn.RNN, "__dataclass_fields__", {})
+    if pooled:
+        args += ["--pool", "mean"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "validation accuracy" in printed and "compilation" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["pool"] == ("mean" if pooled else None)
+    assert metrics["config"]["init"] == "torch"
+    assert {"train_accuracy", "val_accuracy", "train_top_2_accuracy", "val_top_2_accuracy"} <= set(metrics)
+    assert metrics["compile_s"] > 0 and metrics["step_ms"] > 0
+    lines = _json_lines(out / "log.jsonl")
+    steps = [r for r in lines if "loss" in r]
+    assert "compile_s" in steps[0] and all("accuracy" in r and "top_2_accuracy" in r for r in steps)
+    evals = [r for r in lines if "eval_loss" in r]
+    assert all("eval_accuracy" in r for r in evals)
+    # patience 1 on accuracy: the run stops at the first evaluation that does not improve on the best
+    accuracies = [r["eval_accuracy"] for r in evals]
+    assert metrics["stopped_early"] is (metrics["steps"] < 40)
+    if metrics["stopped_early"]:
+        assert accuracies[-1] <= max(accuracies[:-1]) and "early stopping" in printed
+    assert metrics["steps"] == evals[-1]["step"] == steps[-1]["step"]
+
+
+def test_train_rejects_pool_on_every_step_tasks_and_bad_flags(tmp_path):
+    with pytest.raises(SystemExit, match="--pool needs a task scored once per sequence"):
+        cli.main(["train", "--task", "sine", "--pool", "mean", "--steps", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--early-stopping must be PATIENCE"):
+        cli.main(["train", "--early-stopping", "soon", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--init", "xavier", "--out", str(tmp_path)])
+    flags = {s for a in _subparsers(cli.build_parser())["train"]._actions for s in a.option_strings}
+    assert {"--pool", "--metrics", "--early-stopping", "--init"} <= flags

@@ -60,7 +60,7 @@ def test_keras_preset(kind):
         want[H : 2 * H] = 1.0
         np.testing.assert_array_equal(np.asarray(p.b), want)
     else:
-        for b in p[2:]:
+        for b in jax.tree_util.tree_leaves(p[2:]):  # the options' None fields have no leaves
             np.testing.assert_array_equal(np.asarray(b), 0.0)
 
 
@@ -70,7 +70,7 @@ def test_network_presets_and_torch_readout():
     bound = 1.0 / math.sqrt(8)
     for layer in p.layers:
         for d in layer:
-            assert all(float(jnp.abs(a).max()) <= bound for a in d)
+            assert all(float(jnp.abs(a).max()) <= bound for a in jax.tree_util.tree_leaves(d))
     assert float(jnp.abs(p.readout.w).max()) <= 1.0 / math.sqrt(16)  # torch.nn.Linear: U(±1/√in)
     assert float(jnp.abs(p.readout.b).max()) > 0  # Linear's bias is drawn too
     default = model.init(jax.random.PRNGKey(0), 5)

@@ -106,7 +106,7 @@ def test_flax_gru_formula():
     flax_cell, variables, xs, h = flax_setup("gru")
     p = variables["params"]
     x = xs[:, 0]
-    dense = lambda name, a: a @ p[name]["kernel"] + p[name].get("bias", 0.0)  # noqa: E731
+    dense = lambda name, a: a @ p[name]["kernel"] + (p[name]["bias"][None] if "bias" in p[name] else 0.0)  # noqa: E731
     r = jax.nn.sigmoid(dense("ir", x) + dense("hr", h))
     z = jax.nn.sigmoid(dense("iz", x) + dense("hz", h))
     n = jnp.tanh(dense("in", x) + r * dense("hn", h))
@@ -158,7 +158,7 @@ def test_errors():
         interop.from_flax(variables, kind="transformer")
     with pytest.raises(ValueError, match=r"cell_params for kind='gru' must have keys"):
         interop.from_flax(variables, kind="gru")
-    with pytest.raises(ValueError, match="activation applies to SimpleCell only"):
+    with pytest.raises(ValueError, match=r"activation must be None \(it applies to SimpleCell only\)"):
         interop.from_flax(variables, activation="relu")
     broken = {"params": {k: v for k, v in variables["params"].items() if k != "hf"}}
     with pytest.raises(ValueError, match="cell_params must be the parameters of a flax.linen"):

@@ -266,7 +266,7 @@ def test_bias_false(kind):
         assert max_err(m(x)[0], module(x)[0]) < TOL
 
     model2, params2 = interop.from_torch(make_module(kind, 2, False))  # non-zero biases
-    with pytest.raises(ValueError, match="bias=False needs zero biases"):
+    with pytest.raises(ValueError, match=r"must be zero for bias=False"):
         interop.to_torch(model2, params2, bias=False)
 
 
@@ -289,8 +289,6 @@ def test_dtypes_and_dropout():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="proj_size"):
-        interop.from_torch(torch.nn.LSTM(D, H, proj_size=2))
     for bad in (torch.nn.Linear(D, H), torch.nn.LSTMCell(D, H), "lstm"):
         with pytest.raises(TypeError, match="module must be a torch.nn.RNN"):
             interop.from_torch(bad)
@@ -308,7 +306,7 @@ def test_errors():
     model, params = interop.from_torch(make_module("lstm", 2, True))
     with pytest.raises(ValueError, match=r"h_0\[0\] \(h_0\) must be \(num_layers·directions=4, B, hidden_size=3\)"):
         interop.carries_from_torch(model, (torch.zeros(2, B, H), torch.zeros(2, B, H)))
-    with pytest.raises(TypeError, match=r"\(h_0, c_0\) pair"):
+    with pytest.raises(TypeError, match=r"\(h_0, c_0\) tuple"):
         interop.carries_from_torch(model, torch.zeros(4, B, H))
     with pytest.raises(TypeError, match="carries must be a tuple with num_layers=2"):
         interop.carries_to_torch(model, (None,))

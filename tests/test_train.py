@@ -23,6 +23,7 @@ from jrnn.losses import get_loss
 from jrnn.optim import clip_state, make_optimizer
 from jrnn.train import METRICS, fit, make_train_step
 from jrnn.train.data import Minibatches
+from jrnn.train.objective import as_objective
 
 HERE = Path(__file__).parent
 WORKER = HERE / "_fit_worker.py"
@@ -311,10 +312,15 @@ def test_fit_learns_the_sine_task():
     assert result.history["eval"]["loss"][-1] < SINE_MAX_VAL_MSE < tasks.SINE_BASELINE_MSE
 
 
+def _minibatches(data, batch_size, key, **kwargs):
+    model, _ = tiny()
+    return Minibatches(data, batch_size, key, objective=as_objective(model, "mse", None), input_size=D, **kwargs)
+
+
 def test_minibatch_order_is_a_function_of_key_and_step():
     xs, targets, _ = batch(n=10)
-    a = Minibatches((xs, targets), 3, jax.random.PRNGKey(5), loss="mse", input_size=D, output_size=O)
-    b = Minibatches((xs, targets), 3, jax.random.PRNGKey(5), loss="mse", input_size=D, output_size=O)
+    a = _minibatches((xs, targets), 3, jax.random.PRNGKey(5))
+    b = _minibatches((xs, targets), 3, jax.random.PRNGKey(5))
     order_a = [a.indices(s) for s in range(7)]
     order_b = [b.indices(s) for s in reversed(range(7))][::-1]  # asked in another order
     for x, y in zip(order_a, order_b):
@@ -323,7 +329,7 @@ def test_minibatch_order_is_a_function_of_key_and_step():
         seen = np.concatenate(order_a[3 * epoch:3 * epoch + 3])
         assert len(set(seen.tolist())) == 9
     assert not np.array_equal(np.concatenate(order_a[:3]), np.concatenate(order_a[3:6]))
-    c = Minibatches((xs, targets), 3, jax.random.PRNGKey(6), loss="mse", input_size=D, output_size=O)
+    c = _minibatches((xs, targets), 3, jax.random.PRNGKey(6))
     assert any(not np.array_equal(c.indices(s), order_a[s]) for s in range(3))
 
 
@@ -390,7 +396,9 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path, capsys):
     steps = [r for r in lines if "loss" in r]
     evals = [r for r in lines if "eval_loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
-    assert set(steps[0]) == {"step", "time", *METRICS}
+    assert set(steps[0]) == {"step", "time", "compile_s", *METRICS}  # compilation, apart from step times
+    assert steps[0]["compile_s"] > 0 and result.timing["compile_s"] >= steps[0]["compile_s"]
+    assert all(set(r) == {"step", "time", *METRICS} for r in steps[1:])
     assert steps[2]["loss"] is None and steps[2]["finite"] is False  # NaN is written as null
     for name in METRICS:
         for record, value in zip(steps, train[name]):
@@ -547,3 +555,312 @@ def test_two_processes_with_jax_distributed_equal_one_device(tmp_path):
     assert int(got["num_processes"]) == 2 and int(got["num_devices"]) == 4 and int(got["all_devices"]) == 4
     _assert_all_equals_one(got)
     assert _committed(tmp_path / "ckpt")[-1] == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Any loss function over any params pytree
+# ----------------------------------------------------------------------------------------------
+
+
+def model_loss_fn(model, loss="mse"):
+    """The loss a jrnn.RNN with a loss name trains, written as a loss function over (xs, targets,
+    seq_lengths), with the predictions in aux for the metrics."""
+    loss_fn = get_loss(loss).loss
+
+    def fn(params, batch, key):
+        xs, targets, lengths = batch
+        ys, _ = model.apply(params, xs, seq_lengths=lengths, dropout_key=key)
+        return loss_fn(ys, targets, lengths), {"preds": ys}
+
+    return fn
+
+
+def head_loss_fn(params, batch, key):
+    """A head of one's own on jrnn layers: a 2-layer LSTM body without readout, a tanh hidden
+    layer and logits, on the last valid step of each sequence; params is a plain dict."""
+    xs, labels, lengths = batch
+    hs, _ = BODY.apply(params["body"], xs, seq_lengths=lengths)  # (B, T, H)
+    last = jnp.take_along_axis(hs, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]  # (B, H)
+    z = jnp.tanh(last @ params["w1"] + params["b1"][None, :])
+    logits = z @ params["w2"]  # (B, O)
+    log_probs = jax.nn.log_softmax(logits)
+    value = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+    return value, {"preds": logits}
+
+
+BODY = jrnn.RNN(jrnn.LSTMCell(H), num_layers=2)
+
+
+def head_params(key=0):
+    k_body, k1, k2 = jax.random.split(jax.random.PRNGKey(key), 3)
+    return {
+        "body": BODY.init(k_body, D, jnp.float64),
+        "w1": 0.5 * jax.random.normal(k1, (H, 6), jnp.float64),
+        "b1": jnp.zeros((6,), jnp.float64),
+        "w2": 0.5 * jax.random.normal(k2, (6, O), jnp.float64),
+    }
+
+
+def class_batch(n=8, key=3):
+    xs, labels, lengths = batch("cross_entropy", every=False, key=key, n=n)
+    return xs, labels, jnp.maximum(lengths, 1)
+
+
+def test_loss_function_step_equals_a_plain_optax_update():
+    params = head_params()
+    optimizer = make_optimizer("adam", 1e-2, clip_norm=0.5)
+    data = class_batch()
+    step = make_train_step(head_loss_fn, optimizer, metrics=("accuracy",))
+    new_params, new_state, metrics = step(params, optimizer.init(params), data)
+    (value, aux), grads = jax.value_and_grad(head_loss_fn, has_aux=True)(params, data, None)
+    updates, want_state = optimizer.update(grads, optimizer.init(params), params)
+    assert_trees_close(new_params, optax.apply_updates(params, updates), rtol=1e-10)
+    assert_trees_close(new_state, want_state, rtol=1e-10)
+    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-12)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-10)
+    assert bool(metrics["clipped"]) == (float(optax.tree.norm(grads)) >= 0.5)
+    want_accuracy = np.mean(np.argmax(np.asarray(aux["preds"]), -1) == np.asarray(data[1]))
+    np.testing.assert_allclose(metrics["accuracy"], want_accuracy, rtol=1e-12)
+    bad = (data[0].at[0, 0, 0].set(jnp.nan), data[1], data[2])
+    same_params, same_state, metrics = step(params, optimizer.init(params), bad)  # the non-finite guard
+    assert not bool(metrics["finite"]) and int(metrics["num_nonfinite"]) == 1
+    assert_trees_equal(same_params, params)
+
+
+def test_fit_with_a_loss_function_equals_fit_with_the_model(tmp_path):
+    """The same model and loss, once by name and once as a function: the same parameters, the
+    same history (metrics included), and the function's run resumes bit for bit."""
+    model, params = tiny("lstm", num_layers=2)
+    xs, targets, lengths = batch(n=8)
+    kwargs = dict(steps=4, batch_size=4, progress=False, key=jax.random.PRNGKey(4), metrics=("mae", "rmse"),
+                  eval_data=batch(key=9), eval_every=2, backward=None)
+    by_name = fit(model, params, optax.adam(1e-2), (xs, targets, lengths), **{**kwargs, "backward": "autodiff"})
+    kwargs.pop("backward")
+    by_fn = fit(model_loss_fn(model), params, optax.adam(1e-2), (xs, targets, lengths), **kwargs)
+    assert_trees_close(by_fn.params, by_name.params, rtol=1e-9, atol=1e-12)
+    for part in ("train", "eval"):
+        assert set(by_fn.history[part]) == set(by_name.history[part])
+        for column, values in by_name.history[part].items():
+            np.testing.assert_allclose(by_fn.history[part][column], values, rtol=1e-9, err_msg=column)
+    # the metrics of the training batches: the batch of step 1 under the initial parameters
+    first = Minibatches((xs, targets, lengths), 4, None, objective=as_objective(model, None, None), input_size=D)
+    first.set_key(jax.random.split(jax.random.PRNGKey(4))[0])
+    b_xs, b_y, b_l = first.batch(0)
+    ys = np.asarray(model.apply(params, b_xs, seq_lengths=b_l)[0])
+    mask = np.arange(T)[None, :] < np.asarray(b_l)[:, None]
+    errors = (ys - np.asarray(b_y))[mask]
+    np.testing.assert_allclose(by_fn.history["train"]["mae"][0], np.abs(errors).mean(), rtol=1e-10)
+    np.testing.assert_allclose(by_fn.history["train"]["rmse"][0], np.sqrt((errors ** 2).mean()), rtol=1e-10)
+
+    half = fit(model_loss_fn(model), params, optax.adam(1e-2), (xs, targets, lengths), checkpoint_dir=tmp_path,
+               checkpoint_every=1, **{**kwargs, "steps": 2})
+    assert half.step == 2
+    again = fit(model_loss_fn(model), params, optax.adam(1e-2), (xs, targets, lengths), checkpoint_dir=tmp_path,
+                **kwargs)
+    assert_trees_equal(again.params, by_fn.params)
+    assert again.history == by_fn.history
+
+
+def test_fit_trains_a_head_of_ones_own_with_accuracy_and_early_stopping():
+    params = head_params()
+    train_set, val = class_batch(n=16, key=5), class_batch(n=8, key=6)
+    result = fit(head_loss_fn, params, make_optimizer("adam", 3e-2, clip_norm=1.0), train_set, steps=30,
+                 batch_size=8, eval_data=val, eval_every=5, metrics=("accuracy",), progress=False)
+    train = result.history["train"]
+    assert train["loss"][-1] < train["loss"][0] and len(train["accuracy"]) == 30
+    assert result.history["eval"]["step"] == [5, 10, 15, 20, 25, 30]
+    scores = jrnn.train.evaluate(head_loss_fn, result.params, val, metrics=("accuracy",))
+    assert scores["accuracy"] == result.history["eval"]["accuracy"][-1]
+    np.testing.assert_allclose(scores["loss"], float(head_loss_fn(result.params, val, None)[0]), rtol=1e-12)
+    # patience 1 with an impossible min_delta: the second evaluation does not improve, the run stops
+    stopped = fit(head_loss_fn, params, optax.sgd(0.1), train_set, steps=30, batch_size=8, eval_data=val,
+                  eval_every=5, progress=False,
+                  early_stopping=jrnn.train.EarlyStopping(1, metric="loss", min_delta=1e9))  # fmt: skip
+    assert stopped.stopped_early and stopped.step == 10 and stopped.history["eval"]["step"] == [5, 10]
+    assert len(stopped.history["train"]["step"]) == 10
+    assert stopped.best["value"] == min(stopped.history["eval"]["loss"]) and stopped.best["metric"] == "loss"
+
+
+def test_truncation_with_a_loss_function_that_exposes_its_carry():
+    """Truncated BPTT through a loss function's carry equals the model path (T = 7 = 3 + 3 + 1)."""
+    model, params = tiny("lstm", num_layers=2)
+    data = batch(n=4)
+    loss_fn = get_loss("mse").loss
+
+    def with_carry(params, batch, key, carry):
+        xs, targets, lengths = batch
+        ys, carry = model.apply(params, xs, carry, seq_lengths=lengths)
+        return loss_fn(ys, targets, lengths), {"carry": carry}
+
+    optimizer = optax.adam(5e-2)
+    want = fit(model, params, optimizer, data, steps=2, truncation=3, progress=False)
+    got = fit(with_carry, params, optimizer, data, steps=2, truncation=3, progress=False)
+    assert_trees_close(got.params, want.params, rtol=1e-9, atol=1e-12)
+    assert got.history["train"]["num_updates"] == [3, 3]
+    with pytest.raises(TypeError, match=r"truncation must be None for a loss function that does not expose its "
+                                        r"carry .*loss_fn\(params, batch, key, carry\)"):
+        fit(model_loss_fn(model), params, optimizer, data, steps=1, truncation=3, progress=False)
+
+    def no_carry_returned(params, batch, key, carry):
+        return with_carry(params, batch, key, carry)[0]
+
+    with pytest.raises(TypeError, match="holding 'carry'"):
+        make_train_step(no_carry_returned, optimizer, truncation=3)(params, optimizer.init(params), data)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate, predict, data order, univariate data, keep_best
+# ----------------------------------------------------------------------------------------------
+
+
+def test_evaluate_and_predict_over_batches_equal_numpy():
+    model, params = tiny("lstm")
+    xs, labels, lengths = batch("cross_entropy", every=True, n=10)
+    logits = jrnn.train.predict(model, params, xs, seq_lengths=lengths, batch_size=4)  # 4 + 4 + 2
+    assert isinstance(logits, np.ndarray)
+    np.testing.assert_allclose(logits, model.apply(params, xs, seq_lengths=lengths)[0], rtol=1e-12)
+    scores = jrnn.train.evaluate(model, params, (xs, labels, lengths), loss="cross_entropy", batch_size=3,
+                                 metrics=("accuracy", "top_2_accuracy"))  # fmt: skip
+    mask = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    z, y = logits[mask], np.asarray(labels)[mask]  # the scored steps, (N, O)
+    log_probs = z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    np.testing.assert_allclose(scores["loss"], -log_probs[np.arange(len(y)), y].mean(), rtol=1e-10)
+    np.testing.assert_allclose(scores["accuracy"], np.mean(z.argmax(-1) == y), rtol=1e-12)
+    assert scores["top_2_accuracy"] == 1.0  # O = 2 classes
+    whole = jrnn.train.evaluate(model, params, (xs, labels, lengths), loss="cross_entropy", metrics="accuracy")
+    np.testing.assert_allclose(whole["loss"], scores["loss"], rtol=1e-12)
+
+
+def test_univariate_data_is_an_error_that_suggests_a_feature_axis():
+    model = jrnn.RNN(jrnn.VanillaCell(H), output_size=1)
+    params = model.init(jax.random.PRNGKey(0), 1, jnp.float64)
+    xs = np.random.default_rng(0).standard_normal((6, T))
+    targets = np.zeros((6, 1))
+    hint = r"xs\[\.\.\., None\], of shape \(6, 7, 1\)\), got shape \(6, 7\)"
+    with pytest.raises(ValueError, match=hint):
+        fit(model, params, optax.sgd(0.1), (xs, targets), steps=1, progress=False)
+    with pytest.raises(ValueError, match=hint):
+        jrnn.train.evaluate(model, params, (xs, targets))
+    with pytest.raises(ValueError, match=hint):
+        jrnn.train.predict(model, params, xs)
+    with pytest.raises(ValueError, match=r"xs\[\.\.\., None\]"):
+        make_train_step(model, optax.sgd(0.1))(params, optax.sgd(0.1).init(params), jnp.asarray(xs), targets)
+    result = fit(model, params, optax.sgd(0.1), (xs[..., None], targets), steps=1, progress=False)
+    assert result.step == 1
+
+
+def test_data_order_in_order_wrapping_and_a_callable_that_receives_the_step():
+    xs, targets, _ = batch(n=5)
+    ordered = _minibatches((xs, targets), 2, jax.random.PRNGKey(0), shuffle=False)
+    assert [ordered.indices(s).tolist() for s in range(4)] == [[0, 1], [2, 3], [4, 0], [1, 2]]
+    np.testing.assert_array_equal(ordered.batch(2)[0], np.asarray(xs)[[4, 0]])
+    model, params = tiny()
+    seen = []
+
+    def data(key, step):
+        seen.append(step)
+        return batch(key=100 + step)
+
+    fit(model, params, optax.sgd(0.1), data, steps=3, progress=False)
+    assert seen == [0, 1, 2]
+    a = fit(model, params, optax.sgd(0.1), (xs, targets), steps=3, batch_size=2, shuffle=False, progress=False)
+    # the same three batches, taken by hand in order
+    p, opt = params, optax.sgd(0.1)
+    state = opt.init(p)
+    for rows in ([0, 1], [2, 3], [4, 0]):
+        p, state, *_ = reference_update(model, opt, p, state, xs[np.array(rows)], targets[np.array(rows)], None)
+    assert_trees_close(a.params, p, rtol=1e-10)
+
+
+def test_keep_best_keeps_the_best_checkpoint_besides_the_latest(tmp_path):
+    model, params = tiny()
+    optimizer = optax.sgd(0.5)  # large enough that the evaluation loss goes up and down
+    data, val = batch(n=4), batch(key=11)
+    kwargs = dict(batch_size=2, eval_data=val, eval_every=1, progress=False, key=jax.random.PRNGKey(2))
+    result = fit(model, params, optimizer, data, steps=8, checkpoint_dir=tmp_path, checkpoint_every=100,
+                 keep_best="loss", **kwargs)
+    losses = result.history["eval"]["loss"]
+    best_step = int(np.argmin(losses)) + 1
+    assert result.best == {"step": best_step, "metric": "loss", "value": min(losses)}
+    kept = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+    assert kept == sorted({best_step, 6, 7, 8})
+    best_params, _, step = jrnn.train.restore(tmp_path, params, optimizer.init(params), step="best")
+    assert step == best_step
+    until_best = fit(model, params, optimizer, data, steps=best_step, **kwargs)
+    assert_trees_equal(best_params, until_best.params)
+    latest_params, _, step = jrnn.train.restore(tmp_path, params, optimizer.init(params))
+    assert step == 8
+    assert_trees_equal(latest_params, result.params)
+    with pytest.raises(ValueError, match="checkpoint_dir must be given with keep_best"):
+        fit(model, params, optimizer, data, steps=1, keep_best=True, **kwargs)
+    with pytest.raises(ValueError, match="eval_data must be given with early_stopping"):
+        fit(model, params, optimizer, data, steps=1, early_stopping=2, progress=False)
+    with pytest.raises(ValueError, match=r"early_stopping.metric must be one of \['accuracy', 'loss'\]"):
+        fit(model, params, optimizer, data, steps=1, early_stopping={"patience": 2, "metric": "mae"},
+            metrics=["accuracy"], eval_data=val, loss="cross_entropy", progress=False)
+    with pytest.raises(ValueError, match=r"metrics must be metrics that fit loss='mse' \('accuracy' is a "
+                                         r"classification metric"):
+        fit(model, params, optimizer, data, steps=1, metrics=("accuracy",), progress=False)
+
+
+def test_early_stopping_state_is_read_from_the_history():
+    from jrnn.train.stopping import EarlyStopping, best
+
+    def history(values):
+        return {"eval": {"step": list(range(1, len(values) + 1)), "loss": values, "accuracy": values}}
+
+    rule = EarlyStopping(2)
+    assert not rule.should_stop(history([3.0, 2.0, 2.5]), ())
+    assert rule.should_stop(history([3.0, 2.0, 2.5, float("nan")]), ())
+    assert not EarlyStopping(2, min_delta=0.4).should_stop(history([3.0, 2.0, 2.5]), ())
+    assert EarlyStopping(2, min_delta=0.6).should_stop(history([3.0, 2.5, 2.45]), ())
+    assert EarlyStopping(1, metric="accuracy", mode="max").should_stop(history([0.5, 0.7, 0.7]), ())
+    assert best(history([0.5, 0.7, 0.7]), "accuracy", True) == {"step": 2, "metric": "accuracy", "value": 0.7}
+    for bad, error in ((0, ValueError), (True, TypeError), ({"patience": 2, "mode": "up"}, ValueError)):
+        with pytest.raises(error, match="early_stopping"):
+            jrnn.train.stopping.check_early_stopping(bad, ())
+
+
+def test_fit_reports_compile_time_apart_and_reuses_the_compiled_step():
+    model, params = tiny()
+    data = batch()
+    optimizer = optax.sgd(0.01)
+    first = fit(model, params, optimizer, data, steps=3, progress=False, log_every=2)
+    again = fit(model, params, optimizer, data, steps=3, progress=False)
+    assert first.timing["compile_s"] > 0 and first.timing["steps"] == 3 and first.timing["step_s"] > 0
+    assert again.timing["compile_s"] < first.timing["compile_s"]  # the step is compiled once per setup
+    assert_trees_equal(first.params, again.params)
+
+
+@pytest.mark.skipif("pool" not in getattr(jrnn.RNN, "__dataclass_fields__", {}), reason="no RNN(pool=...)")
+def test_a_pooled_model_trains_and_evaluates_on_one_target_per_sequence():
+    model = jrnn.RNN(jrnn.LSTMCell(H), output_size=O, pool="mean")
+    params = model.init(jax.random.PRNGKey(0), D, jnp.float64)
+    xs, labels, lengths = class_batch(n=8)
+    lengths = lengths.at[2].set(0)  # a sequence of length 0 is not scored
+    optimizer = optax.sgd(0.1)
+    step = make_train_step(model, optimizer, loss="cross_entropy", metrics=("accuracy",))
+    new_params, _, metrics = step(params, optimizer.init(params), xs, labels, lengths)
+    keep = np.asarray(lengths) > 0
+
+    def reference(p):  # cross-entropy over the scored sequences, written plainly
+        log_probs = jax.nn.log_softmax(model.apply(p, xs, seq_lengths=lengths)[0])  # (B, O)
+        picked = jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+        return -jnp.sum(jnp.where(jnp.asarray(keep), picked, 0)) / keep.sum()
+
+    value, grads = jax.value_and_grad(reference)(params)
+    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-10)
+    assert_trees_close(new_params, jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads), rtol=1e-9)
+    logits = jrnn.train.predict(model, params, xs, seq_lengths=lengths, batch_size=3)
+    assert logits.shape == (8, O)
+    accuracy = np.mean(logits[keep].argmax(-1) == np.asarray(labels)[keep])
+    np.testing.assert_allclose(metrics["accuracy"], accuracy, rtol=1e-12)
+    scores = jrnn.train.evaluate(model, params, (xs, labels, lengths), loss="cross_entropy", metrics=("accuracy",),
+                                 batch_size=5)  # fmt: skip
+    np.testing.assert_allclose(scores["loss"], value, rtol=1e-10)
+    np.testing.assert_allclose(scores["accuracy"], accuracy, rtol=1e-12)
+    every = jnp.zeros((8, T), jnp.int32)
+    with pytest.raises(ValueError, match="pools each sequence into one output"):
+        fit(model, params, optimizer, (xs, every, lengths), loss="cross_entropy", steps=1, progress=False)
+    with pytest.raises(ValueError, match="truncation must be None for a model that pools"):
+        make_train_step(model, optimizer, loss="cross_entropy", truncation=2)

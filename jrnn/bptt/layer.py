@@ -19,6 +19,7 @@ Array = jax.Array
 
 Form = Literal["fast", "reference"]
 FORMS: tuple[str, ...] = ("fast", "reference")
+"""The forms of ``unroll_vjp``: the fast driver of ``jrnn.scan`` and the per-step reference."""
 
 
 def layer_vjp(

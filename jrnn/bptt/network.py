@@ -22,6 +22,7 @@ from jrnn.network import (
     Readout,
     directions,
     dropout_scales,
+    merge_vjp,
     pool,
     pool_vjp,
     readout,
@@ -113,15 +114,16 @@ def value_and_grad(
     d_finals = None
     if model.pool is not None:
         d, d_finals = pool_vjp(model, d, top, finals, lengths)  # backprop through the pooling
-    H = cell.output_size
     d_layers = [None] * model.num_layers
     for layer in reversed(range(model.num_layers)):
         if scales[layer] is not None:
             d = d * scales[layer][None]  # h = h * scale
         c0s = directions(model, carries[layer])
+        outs = [cell.output(kept_k.states) for kept_k in kept[layer]]
+        d_ys = merge_vjp(model, d, outs)  # h = merge([fwd, bwd])
         d_dirs, d_in = [], None
         for k, p_d in enumerate(directions(model, p.layers[layer])):
-            d_y = d[..., k * H : (k + 1) * H] if model.bidirectional else d  # h = concat([fwd, bwd])
+            d_y = d_ys[k]
             d_final = scan.tree_zeros_like(c0s[k])  # the final carries are not scored ...
             if d_finals is not None and layer == model.num_layers - 1:
                 d_final = cell.add_to_output(d_final, d_finals[k])  # ... unless pooled

@@ -24,6 +24,8 @@ from jrnn.cells.base import Cell, check_cell
 from jrnn.cells.gru import GRUCell, GRUParams
 from jrnn.cells.init import RECURRENT_INITS, glorot_uniform, recurrent_matrix
 from jrnn.cells.lstm import LSTMCarry, LSTMCell, LSTMParams
+from jrnn.cells.mingru import MinGRUCell, MinGRUParams
+from jrnn.cells.minlstm import MinLSTMCell, MinLSTMParams
 from jrnn.cells.vanilla import ACTIVATION_SLOPES, ACTIVATIONS, VanillaCell, VanillaParams
 
 CELLS: dict[str, type[Cell]] = {
@@ -31,6 +33,8 @@ CELLS: dict[str, type[Cell]] = {
     "rnn": VanillaCell,
     "lstm": LSTMCell,
     "gru": GRUCell,
+    "mingru": MinGRUCell,
+    "minlstm": MinLSTMCell,
 }
 """The registry: ``name -> cell class``, for ``make_cell`` and the ``jrnn`` command."""
 
@@ -56,6 +60,10 @@ __all__ = [
     "LSTMCarry",
     "LSTMCell",
     "LSTMParams",
+    "MinGRUCell",
+    "MinGRUParams",
+    "MinLSTMCell",
+    "MinLSTMParams",
     "RECURRENT_INITS",
     "VanillaCell",
     "VanillaParams",

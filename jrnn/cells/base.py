@@ -28,6 +28,13 @@ A cell implements::
 
 The default ``param_grads`` and ``input_grads`` serve cells whose pre-activation is ``a = x w_x + h w_h + b`` with
 ``d_pre = d_a`` (vanilla, LSTM).
+
+A cell's options (the LSTM's ``proj_size``, ``peepholes``, ``layer_norm``; the GRU's
+``reset_after``, ``layer_norm``) add fields after the existing ones in its params NamedTuple, None
+when the option is off (None is an empty pytree, so default params keep their leaves);
+``param_shapes`` gives every field's shape, None for such a field, and ``check_params`` checks
+them all. ``layer_norm`` / ``layer_norm_backward`` and ``scale`` (a diagonal weight) are the shared
+pieces of their maths.
 """
 
 from __future__ import annotations
@@ -71,6 +78,31 @@ def tanh_slope(t: Array) -> Array:
     return 1.0 - t * t
 
 
+def scale(a: Array, w: Array) -> Array:
+    """``a * w`` with ``w (n,)`` broadcast explicitly over the leading axes of ``a (..., n)``: a
+    diagonal weight (peephole, layer-norm gain)."""
+    return a * w.reshape((1,) * (a.ndim - 1) + (-1,))
+
+
+LAYER_NORM_EPS = 1e-5
+"""The ``ε`` of ``layer_norm`` (``torch.nn.LayerNorm``'s default)."""
+
+
+def layer_norm(a: Array) -> tuple[Array, Array]:
+    """Normalize over the last axis, without gain or bias: ``(y, s)`` with
+    ``y = (a − mean(a))·s`` and ``s = 1/sqrt(var(a) + ε)`` ``(..., 1)`` (Ba, Kiros & Hinton 2016)."""
+    centred = a - jnp.mean(a, axis=-1, keepdims=True)
+    s = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + LAYER_NORM_EPS)
+    return centred * s, s
+
+
+def layer_norm_backward(d_y: Array, y: Array, s: Array) -> Array:
+    """``d_a`` from ``d_y`` for ``(y, s) = layer_norm(a)``:
+    ``d_a = s·(d_y − mean(d_y) − y·mean(d_y·y))``."""
+    mean = lambda v: jnp.mean(v, axis=-1, keepdims=True)  # noqa: E731
+    return s * (d_y - mean(d_y) - y * mean(d_y * y))
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """Base class: the fields every cell has, validation, construction and the shared maths.
@@ -112,6 +144,7 @@ class Cell:
         return self.num_blocks * self.hidden_size
 
     def input_size_of(self, params) -> int:
+        """``D``, the input size the params were made for (the rows of ``w_x``)."""
         return params.w_x.shape[0]
 
     # -- construction ------------------------------------------------------------------------
@@ -143,7 +176,8 @@ class Cell:
             return self._init_torch(key, input_size, dtype)
         params = self._init(key, input_size, dtype)
         if init == "keras":  # the same, but w_h orthogonal as a whole matrix
-            params = params._replace(w_h=orthogonal_full(jax.random.fold_in(key, 1), self.hidden_size, self.gate_size, dtype))
+            rows = self.param_shapes(input_size)["w_h"][0]  # H (an LSTM's proj_size P with a projection)
+            params = params._replace(w_h=orthogonal_full(jax.random.fold_in(key, 1), rows, self.gate_size, dtype))
         return params
 
     def _init_torch(self, key, input_size: int, dtype):
@@ -153,7 +187,10 @@ class Cell:
         if type(self).from_torch_mode is Cell.from_torch_mode:  # no PyTorch counterpart: every leaf U(±1/√H)
             keys = jax.random.split(key, len(self.params_type._fields))
             shapes = self.param_shapes(input_size)
-            return self.params_type(*(torch_uniform(k, shapes[f], H, dtype) for k, f in zip(keys, self.params_type._fields)))
+            return self.params_type(*(
+                None if shapes.get(f) is None else torch_uniform(k, shapes[f], H, dtype)  # None: an option's field
+                for k, f in zip(keys, self.params_type._fields)
+            ))  # fmt: skip
         return self.from_torch_weights(
             torch_uniform(k_ih, (G, input_size), H, dtype), torch_uniform(k_hh, (G, H), H, dtype),
             torch_uniform(k_bi, (G,), H, dtype), torch_uniform(k_bh, (G,), H, dtype),
@@ -252,6 +289,7 @@ class Cell:
                 fail(f"params.{field} for {name}", str(expected), got)
 
     def check_input(self, params, x, argument: str) -> None:
+        """Raise unless ``x`` is a floating ``(*batch, D)`` array for these params."""
         shape = shape_of(x)
         if shape is None or len(shape) < 1:
             fail(argument, "an array (*batch, input_size)", shape)
@@ -262,6 +300,7 @@ class Cell:
             fail(argument, "floating point", f"dtype {x.dtype}", TypeError)
 
     def check_carry(self, carry, batch_shape, argument: str) -> None:
+        """Raise unless ``carry`` has the structure and shapes of ``initial_carry(batch_shape)``."""
         expected = jax.eval_shape(lambda: self.initial_carry(batch_shape))
         got_def = jax.tree_util.tree_structure(carry)
         want_def = jax.tree_util.tree_structure(expected)
@@ -295,6 +334,12 @@ class Cell:
         """The cell a ``torch.nn.RNNBase`` of ``mode`` converts to, or None."""
         return None
 
+    def torch_extra_weights(self, params) -> dict:
+        """PyTorch weights beyond ``weight_ih``, ``weight_hh`` and the biases, by name without the
+        layer suffix (an LSTM with ``proj_size``: ``{"weight_hr": w_hr.T}``); ``from_torch_weights``
+        takes them back as keyword arguments."""
+        return {}
+
     # -- interop: Flax linen cells -----------------------------------------------------------
     flax_kind: ClassVar[str | None] = None
     """The name of the flax.linen cell this cell maps to (``jrnn.interop.from_flax``), or None."""
@@ -318,6 +363,52 @@ class Cell:
     def carry_to_flax(self, carry):
         """This cell's carry as the flax.linen cell's."""
         return carry
+
+
+    # -- interop: Keras 3 recurrent layers (SimpleRNN, LSTM, GRU) --------------------------------
+    keras_layer: ClassVar[str | None] = None
+    """The name of the ``keras.layers`` recurrent layer this cell maps to (``jrnn.interop.from_keras``),
+    or None."""
+
+    @classmethod
+    def from_keras_config(cls, config: dict) -> "Cell":
+        """The cell for a Keras layer's ``get_config()`` (``units``, activation names, ...).
+
+        The default serves cells whose only option is an ``activation`` field (the Elman cell)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        options = {"activation": config["activation"]} if "activation" in fields else {}
+        return cls(config["units"], **options)
+
+    def keras_config(self) -> dict:
+        """The Keras layer's constructor arguments computing what this cell computes."""
+        config = {"units": self.hidden_size}
+        if hasattr(self, "activation"):
+            config["activation"] = self.activation
+        return config
+
+    def from_keras_weights(self, kernel, recurrent_kernel, bias):
+        """Params from a Keras cell's ``kernel (D, G)``, ``recurrent_kernel (H, G)`` and ``bias``
+        (None for ``use_bias=False``). The default is the identity map of ``a = x w_x + h w_h + b``
+        with the gate blocks in the same order (SimpleRNN; LSTM, whose ``i, f, c, o`` are jrnn's
+        ``i, f, g, o``)."""
+        b = jnp.zeros((kernel.shape[1],), kernel.dtype) if bias is None else bias
+        return self.params_type(w_x=kernel, w_h=recurrent_kernel, b=b)
+
+    def keras_weights(self, params, use_bias: bool = True) -> list:
+        """The Keras cell's weights ``[kernel, recurrent_kernel, bias]`` (no bias when
+        ``use_bias=False``)."""
+        return [params.w_x, params.w_h, params.b] if use_bias else [params.w_x, params.w_h]
+
+    def keras_biases(self, params) -> tuple:
+        """The bias leaves that ``use_bias=False`` requires to be zero."""
+        return (params.b,)
+
+
+def check_keras_activations(config: dict, layer: str) -> None:
+    """A Keras LSTM / GRU converts only with its default activations (tanh, sigmoid gates)."""
+    for name, expected in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
+        if config.get(name) != expected:
+            fail(f"layer.{name}", f"{expected!r} for a Keras {layer} to convert", repr(config.get(name)))
 
 
 def flax_dense(kernel, bias=None) -> dict:

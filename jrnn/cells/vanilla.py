@@ -31,6 +31,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "linear": lambda a: a,
 }
+"""``name -> act``: the activations of ``VanillaCell(activation=name)``."""
 
 ACTIVATION_SLOPES: dict[str, Callable[[Array], Array]] = {
     "tanh": lambda h: 1.0 - h * h,  # h = tanh(a)
@@ -80,6 +81,7 @@ class VanillaCell(Cell):
     # -- interop ---------------------------------------------------------------------------
     @property
     def torch_mode(self) -> str:
+        """PyTorch's ``mode`` of the matching ``torch.nn.RNN``: ``"RNN_TANH"`` or ``"RNN_RELU"``."""
         if self.activation not in ("tanh", "relu"):
             fail("model.cell.activation", "'tanh' or 'relu' for torch.nn.RNN", repr(self.activation))
         return "RNN_TANH" if self.activation == "tanh" else "RNN_RELU"

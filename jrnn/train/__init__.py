@@ -1,14 +1,34 @@
-"""Training: the jitted train step, ``fit`` with truncated BPTT, checkpoints and data parallelism.
+"""Training: the jitted train step, ``fit`` with truncated BPTT, evaluation, checkpoints and data
+parallelism, for a ``jrnn.RNN`` with a loss name or any loss function over any params pytree.
 
 - ``make_train_step`` (``jrnn.train.step``): one jitted update with its metrics.
 - ``fit`` and ``FitResult`` (``jrnn.train.fit``): a short loop over the pieces below.
-- ``jrnn.train.data``: the minibatch order and the device mesh; ``jrnn.train.log``: the history
-  and the JSON-lines log; ``jrnn.train.evaluation``: periodic evaluation;
-  ``jrnn.train.checkpoint``: orbax checkpoints and resume; ``jrnn.train.progress``: the bar.
+- ``evaluate`` and ``predict`` (``jrnn.train.evaluation``): the loss and ``jrnn.metrics`` over a
+  data set, and outputs over a data set, batched.
+- ``EarlyStopping`` (``jrnn.train.stopping``): patience on an evaluation metric.
+- ``jrnn.train.objective``: a model with a loss name or a loss function, and what ``aux`` holds;
+  ``jrnn.train.data``: the minibatch order and the device mesh; ``jrnn.train.log``: the history
+  and the JSON-lines log; ``jrnn.train.checkpoint``: orbax checkpoints, resume and ``restore``;
+  ``jrnn.train.progress``: the bar.
 """
 
+from jrnn.train.checkpoint import restore
+from jrnn.train.evaluation import evaluate, predict
 from jrnn.train.fit import FitResult, fit
 from jrnn.train.log import new_history
-from jrnn.train.step import METRICS, TARGET_RANKS, make_train_step
+from jrnn.train.objective import TARGET_RANKS
+from jrnn.train.step import METRICS, make_train_step
+from jrnn.train.stopping import EarlyStopping
 
-__all__ = ["FitResult", "METRICS", "TARGET_RANKS", "fit", "make_train_step", "new_history"]
+__all__ = [
+    "METRICS",
+    "TARGET_RANKS",
+    "EarlyStopping",
+    "FitResult",
+    "evaluate",
+    "fit",
+    "make_train_step",
+    "new_history",
+    "predict",
+    "restore",
+]

@@ -4,12 +4,17 @@ A checkpoint is one directory per step under ``checkpoint_dir``, holding
 
 - ``state``: ``{"params", "opt_state", "key"}`` (arrays; ``key`` is the raw data of the run's
   key, from which every data order and dropout key is derived);
-- ``meta``: JSON ``{"step", "history", "key_impl", "format"}``.
+- ``meta``: JSON ``{"step", "history", "key_impl", "format", "best_metric"}`` (``best_metric``:
+  ``[name, higher_is_better]`` when the run keeps its best checkpoint, else null).
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
 killed at any moment leaves either a whole checkpoint or none (temporary leftovers are removed
 when the directory is opened again). Saving is asynchronous: training goes on while the arrays are
-written.
+written. The 3 latest checkpoints are kept. With ``best=(metric, higher_is_better)`` (``fit``'s
+``keep_best``) every evaluation step also saves a checkpoint carrying the evaluation's value of
+``metric`` (orbax's checkpoint metrics), and orbax keeps the best of those as well as the 3 latest
+(``AnyPreservationPolicy`` of ``LatestN(3)`` and ``BestN(1)``); a value that is not finite
+ranks last. ``restore(directory, params, opt_state, step="best")`` reads it back.
 
 :func:`resume` picks a run up where its latest checkpoint left it: a :class:`RunState`, the
 params, optimizer state, key, step and history of the run at that point.
@@ -17,6 +22,9 @@ params, optimizer state, key, step and history of the run at that point.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import os
 import warnings
 from typing import Any, NamedTuple
@@ -24,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Checkpointer", "RunState", "resume"]
+__all__ = ["Checkpointer", "RunState", "restore", "resume"]
 
 FORMAT = 1
 
@@ -47,40 +55,90 @@ def same_key(a, b) -> bool:
     return ia == ib and np.array_equal(np.asarray(da), np.asarray(db))
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hide absl's (orbax's) warnings for the duration."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class Checkpointer:
     """Save and restore ``fit``'s state in ``directory`` (keeping the ``max_to_keep`` latest)."""
 
-    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
+                 best: tuple[str, bool] | None = None):  # fmt: skip
         import orbax.checkpoint as ocp  # imported here: a third of a second, needed only to checkpoint
 
         self._ocp = ocp
         directory = os.fspath(directory)
         # a local path is made absolute (orbax requires it); a URL such as gs://... is kept
         self.directory = directory if "://" in directory else os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
+        self.best = best
+        if best is None:
+            options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
-            ),
-        )
+            )
+        else:
+            name, higher = best
+            worst = -math.inf if higher else math.inf
+
+            def rank(metrics) -> float:
+                value = metrics.get(name) if isinstance(metrics, dict) else None
+                return value if value is not None and math.isfinite(value) else worst
+
+            policies = ocp.checkpoint_managers
+            options = ocp.CheckpointManagerOptions(
+                create=True,
+                cleanup_tmp_directories=True,
+                best_fn=rank,
+                best_mode="max" if higher else "min",
+                preservation_policy=policies.AnyPreservationPolicy([
+                    policies.LatestN(n=max_to_keep),
+                    policies.BestN(get_metric_fn=rank, reverse=not higher, n=1,
+                                   keep_checkpoints_without_metrics=False),
+                ]),
+            )  # fmt: skip
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The step of the latest complete checkpoint, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, params, opt_state, key, history: dict) -> None:
-        """Start writing the checkpoint of ``step`` (asynchronously; ``wait`` or ``close`` ends it)."""
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint by the ``best`` metric (None without one)."""
+        if self.best is None:
+            return None
+        with_metrics = [s for s in self._manager.all_steps() if self._manager.metrics(s) is not None]
+        return self._manager.best_step() if with_metrics else None
+
+    def save(self, step: int, params, opt_state, key, history: dict, metrics: dict | None = None) -> None:
+        """Start writing the checkpoint of ``step`` (asynchronously; ``wait`` or ``close`` ends it);
+        ``metrics`` (an evaluation's values) rank it when the checkpointer keeps the best."""
         key_data, key_impl = key_to_data(key)
         # the key as a host NumPy array: it is the same on every process, so any host can write it
         state = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
         history = {part: {name: list(col) for name, col in cols.items()} for part, cols in history.items()}
-        meta = {"step": int(step), "history": history, "key_impl": key_impl, "format": FORMAT}
+        meta = {"step": int(step), "history": history, "key_impl": key_impl, "format": FORMAT,
+                "best_metric": None if self.best is None else list(self.best)}
         ocp = self._ocp
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        if self.best is not None and metrics is not None:
+            metrics = {k: (float(v) if v is not None and math.isfinite(v) else None) for k, v in metrics.items()}
+        else:
+            metrics = None
+        # a checkpoint between evaluations has no metrics: orbax, tracking the best, warns of it
+        quiet = self.best is not None and metrics is None
+        with _quiet_absl() if quiet else contextlib.nullcontext():
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics,
+                force=True,
+            )
 
     def restore(self, step: int, params, opt_state, key) -> tuple[Any, Any, Any, dict]:
         """Restore ``step`` into the structure, dtypes and shardings of the given templates.
@@ -172,3 +230,58 @@ def resume(checkpointer: Checkpointer, start: RunState, *, key_given: bool, step
             stacklevel=stacklevel + 1,
         )
     return RunState(params, opt_state, saved_key, step, meta["history"])
+
+
+def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | str = "latest") -> tuple[Any, Any, int]:
+    """Read a checkpoint of a ``fit`` run back.
+
+    Args:
+      checkpoint_dir: the run's ``checkpoint_dir``.
+      params, opt_state: templates of the same structure (the model's ``init`` and the
+        optimizer's ``init`` of them), whose dtypes and shardings the arrays take.
+      step: ``"latest"``, ``"best"`` (the best checkpoint kept by ``fit(..., keep_best=...)``),
+        or a step number.
+
+    Returns:
+      ``(params, opt_state, step)``.
+
+    Raises:
+      ValueError: no such checkpoint (``"best"`` without ``keep_best``, a step not kept).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.fspath(checkpoint_dir)
+    directory = directory if "://" in directory else os.path.abspath(directory)
+    if not os.path.isdir(directory) and "://" not in directory:
+        raise ValueError(f"checkpoint_dir must be a directory holding checkpoints, got {directory!r}")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        steps = list(manager.all_steps())
+        if step == "latest":
+            chosen = manager.latest_step()
+        elif step == "best":
+            ranked = [(s, manager.metrics(s)) for s in steps]
+            ranked = [(s, m) for s, m in ranked if m]
+            chosen = None
+            if ranked:
+                meta = manager.restore(ranked[0][0], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                name, higher = meta.get("best_metric") or (None, None)
+                if name is not None:
+                    worst = -math.inf if higher else math.inf
+                    value = lambda m: m.get(name) if m.get(name) is not None else worst  # noqa: E731
+                    chosen = (max if higher else min)(ranked, key=lambda sm: (value(sm[1]), -sm[0]))[0]
+        else:
+            chosen = step if step in steps else None
+        if chosen is None:
+            raise ValueError(
+                f"step must be 'latest', 'best' (for a run with keep_best) or one of the steps kept "
+                f"in {directory} {steps}, got {step!r}"
+            )
+        key_like = np.zeros((2,), np.uint32)
+        like = {"params": params, "opt_state": opt_state, "key": key_like}
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        restored = manager.restore(int(chosen), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    finally:
+        manager.close()
+    state = restored["state"]
+    return state["params"], state["opt_state"], int(chosen)

@@ -1,124 +1,87 @@
 """Training data for ``fit``: validation, the minibatch order, and placement on a device mesh.
 
-``data`` is either a tuple of arrays ``(xs, targets[, seq_lengths])`` with ``N`` examples, or a
-callable ``(key) -> batch`` returning such a tuple. Every random choice is a function of the run's
-key and the step number only, so a resumed run sees exactly the batches an uninterrupted one would:
+``data`` is either a data set with ``N`` examples (for a ``jrnn.RNN``: a tuple ``(xs, targets[,
+seq_lengths])``; for a loss function: any pytree of arrays sharing the leading axis ``N``), or a
+callable that returns one batch of that kind per step: ``data(key)``, or ``data(key, step)`` when
+it has a parameter named ``step`` (it then receives the step number, counting from 0, and can
+replay any order of its own). Every choice is a function of the run's key and the step number
+only, so a resumed run sees exactly the batches an uninterrupted one would:
 
-- a tuple is cut into minibatches of ``batch_size`` (``None``: the whole set every step). Epoch
-  ``e`` visits the examples in the order ``jax.random.permutation(fold_in(key, e), N)``, in
-  ``N // batch_size`` consecutive batches (the last ``N mod batch_size`` of that order are left
-  out of the epoch); step ``s`` takes batch ``s mod (N // batch_size)`` of epoch
-  ``s // (N // batch_size)``.
-- a callable is called with ``fold_in(key, s)`` at step ``s``.
+- a data set is cut into minibatches of ``batch_size`` (``None``: the whole set every step).
+  With ``shuffle=True`` (the default), epoch ``e`` visits the examples in the order
+  ``jax.random.permutation(fold_in(key, e), N)``, in ``N // batch_size`` consecutive batches (the
+  last ``N mod batch_size`` of that order are left out of the epoch); step ``s`` takes batch
+  ``s mod (N // batch_size)`` of epoch ``s // (N // batch_size)``. With ``shuffle=False`` the
+  examples are taken in their stored order, wrapping around the end: step ``s`` takes rows
+  ``(s·batch_size + i) mod N`` for ``i < batch_size``, so no example is ever left out.
+- a callable is called with ``fold_in(key, s)`` at step ``s`` (and ``step=s`` when it asks).
 
 The batch is sharded over the leading (batch) axis of a 1-D mesh ``Mesh(devices, ("data",))``;
-parameters and optimizer state are replicated. ``jax.make_array_from_callback`` builds each shard
-from the host copy of the batch, so with several processes (``jax.distributed``) every process
-computes the same global batch and uploads only its own devices' rows.
+parameters and optimizer state are replicated. With several processes (``jax.distributed``)
+``jax.make_array_from_callback`` builds each shard from the host copy of the batch, so every
+process computes the same global batch and uploads only its own devices' rows; in one process
+the batch is placed with one ``jax.device_put``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jrnn._checks import check_optional_int, fail, shape_of
-from jrnn.train.step import every_step_targets
+from jrnn._checks import check_bool, check_optional_int, fail
+from jrnn.train.objective import slice_rows
 
-__all__ = ["DataParallel", "Minibatches", "check_batch_tuple"]
-
-
-def check_batch_tuple(
-    batch: Any, loss: str, input_size: int, output_size: int, argument: str = "data"
-) -> tuple:
-    """Validate a batch of examples for a model with ``input_size`` features in, ``output_size`` out.
-
-    Args:
-      batch: ``(xs (N, T, D), targets[, seq_lengths (N,)])``.
-      loss: ``"mse"`` or ``"cross_entropy"`` (which targets are valid).
-      input_size: ``D``.
-      output_size: the model's ``out_size`` (``O``, or the number of classes).
-      argument: the name of ``batch`` in error messages.
-
-    Returns:
-      ``(xs, targets, seq_lengths)`` as host NumPy arrays, ``seq_lengths`` possibly None.
-
-    Raises:
-      TypeError: not a tuple of 2 or 3, arrays of the wrong kind. ValueError: wrong shapes or
-        values.
-    """
-    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-        got = type(batch).__name__
-        if isinstance(batch, (tuple, list)):
-            got = f"a {got} of length {len(batch)}"
-        fail(argument, "a tuple (xs, targets[, seq_lengths])", got, TypeError)
-    xs, targets = batch[0], batch[1]
-    seq_lengths = batch[2] if len(batch) == 3 else None
-    xs_shape = shape_of(xs)
-    if xs_shape is None or len(xs_shape) != 3:
-        fail(f"xs of {argument}", "(N, T, D)", f"shape {xs_shape}")
-    if xs_shape[0] == 0 or xs_shape[1] == 0:
-        fail(f"xs of {argument}", "at least one sequence of one step", f"shape {xs_shape}")
-    if xs_shape[2] != input_size:
-        fail(f"xs of {argument}", f"(N, T, D) with D = {input_size} (the model's input size)",
-             f"shape {xs_shape}")  # fmt: skip
-    xs = np.asarray(xs)
-    if not np.issubdtype(xs.dtype, np.floating):
-        fail(f"xs of {argument}", "floating point", f"dtype {xs.dtype}", TypeError)
-    if shape_of(targets) is None:
-        fail(f"targets of {argument}", "an array", type(targets).__name__, TypeError)
-    targets = np.asarray(targets)
-    every_step_targets(loss, xs_shape, targets, output_size, argument=f"targets of {argument}")
-    if seq_lengths is not None:
-        seq_lengths = _check_lengths(seq_lengths, xs_shape, f"seq_lengths of {argument}")
-    if loss == "cross_entropy" and targets.size:
-        # labels at unscored (padded) steps may hold anything, so the lower bound is only
-        # checked when every step is scored
-        low = 0 if seq_lengths is None else -np.inf
-        if targets.max() >= output_size or targets.min() < low:
-            fail(
-                f"labels of {argument}",
-                f"class indices in [0, {output_size}) (the model's out_size)",
-                f"values in [{targets.min()}, {targets.max()}]",
-            )
-    return xs, targets, seq_lengths
+__all__ = ["DataParallel", "Minibatches", "takes_step"]
 
 
-def _check_lengths(seq_lengths, xs_shape: tuple, argument: str) -> np.ndarray:
-    """``(N,)`` integers in ``[0, T]``, as a host array of their own dtype."""
-    if shape_of(seq_lengths) != xs_shape[:1]:
-        fail(argument, f"of shape ({xs_shape[0]},)", shape_of(seq_lengths))
-    seq_lengths = np.asarray(seq_lengths)
-    if not np.issubdtype(seq_lengths.dtype, np.integer):
-        fail(argument, "integers", f"dtype {seq_lengths.dtype}", TypeError)
-    if seq_lengths.min() < 0 or seq_lengths.max() > xs_shape[1]:
-        fail(argument, f"in [0, {xs_shape[1]}]", f"values in [{seq_lengths.min()}, {seq_lengths.max()}]")
-    return seq_lengths
+def takes_step(fn) -> bool:
+    """Whether a data callable has a parameter named ``step``."""
+    try:
+        return "step" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _epoch_order(key, epoch, n: int):
+    """``jax.random.permutation(fold_in(key, epoch), n)`` in one dispatch."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
 
 class Minibatches:
-    """``batch(step) -> (xs, targets, seq_lengths)``: the minibatch of ``step`` (module docstring)."""
+    """``batch(step) -> host batch``: the minibatch of ``step`` (module docstring).
 
-    def __init__(
-        self, data: Any, batch_size: int | None, key, *, loss: str, input_size: int, output_size: int
-    ):
+    Args:
+      data: a data set or a callable (module docstring).
+      batch_size: rows per step for a data set (None: all of them); None for a callable.
+      key: the data key (``set_key`` replaces it once the run's key is known).
+      objective: what is trained (``jrnn.train.objective``); it validates every batch.
+      input_size: the model's input size (None for a loss function).
+      shuffle: a new random order every epoch (True) or the stored order, wrapping (False).
+    """
+
+    def __init__(self, data: Any, batch_size: int | None, key, *, objective, input_size: int | None = None,
+                 shuffle: bool = True):  # fmt: skip
         self.key = key
-        self.loss = loss
+        self.objective = objective
         self.input_size = input_size
-        self.output_size = output_size
+        self.shuffle = check_bool("shuffle", shuffle)
         if callable(data) and not isinstance(data, (tuple, list)):
             if batch_size is not None:
                 fail("batch_size", "None when data is a callable (it returns whole batches)",
                      repr(batch_size))  # fmt: skip
             self._call = data
+            self._with_step = takes_step(data)
             self.arrays = None
             return
         self._call = None
-        self.arrays = check_batch_tuple(data, loss, input_size, output_size)
-        n = self.arrays[0].shape[0]
+        self.arrays = objective.check_data(data, input_size)
+        n = int(jax.tree_util.tree_leaves(self.arrays)[0].shape[0])
         batch_size = check_optional_int("batch_size", batch_size)
         if batch_size is not None and batch_size > n:
             fail("batch_size", f"at most the number of examples in data ({n})", batch_size)
@@ -126,12 +89,14 @@ class Minibatches:
         self.batch_size = batch_size
         self._epoch = None
         self._order = None
+        self._next = None
 
     def set_key(self, key) -> None:
         """Use ``key`` for the order from now on (``fit`` sets the run's data key once known)."""
         self.key = key
         self._epoch = None
         self._order = None
+        self._next = None
 
     @property
     def rows(self) -> int | None:
@@ -150,25 +115,34 @@ class Minibatches:
         """The example indices of ``step`` (None: the whole set, in its stored order)."""
         if self.batch_size is None:
             return None
+        if not self.shuffle:
+            return (step * self.batch_size + np.arange(self.batch_size)) % self.num_examples
         per_epoch = self.batches_per_epoch
         epoch, i = divmod(step, per_epoch)
         if epoch != self._epoch:
-            k_epoch = jax.random.fold_in(self.key, epoch)
-            self._order = np.asarray(jax.random.permutation(k_epoch, self.num_examples))
+            self._order = np.asarray(self._permutation(epoch))
             self._epoch = epoch
+            # dispatch the next epoch's order now: it is ready when needed, and reading it then
+            # does not wait for the training steps queued on the device in between
+            self._next = (epoch + 1, self._permutation(epoch + 1))
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
-    def batch(self, step: int) -> tuple:
-        """The host arrays ``(xs, targets, seq_lengths)`` of ``step`` (``seq_lengths`` may be None)."""
+    def _permutation(self, epoch: int):
+        if self._next is not None and self._next[0] == epoch:
+            return self._next[1]
+        return _epoch_order(self.key, epoch, self.num_examples)
+
+    def batch(self, step: int):
+        """The host arrays of ``step`` (for a model ``(xs, targets, seq_lengths)``, the lengths
+        possibly None)."""
         if self._call is not None:
-            batch = self._call(jax.random.fold_in(self.key, step))
-            return check_batch_tuple(
-                batch, self.loss, self.input_size, self.output_size, argument=f"data(key) at step {step}"
-            )
+            key = jax.random.fold_in(self.key, step)
+            batch = self._call(key, step=step) if self._with_step else self._call(key)
+            return self.objective.check_data(batch, self.input_size, argument=f"data(key) at step {step}")
         idx = self.indices(step)
         if idx is None:
             return self.arrays
-        return tuple(None if a is None else a[idx] for a in self.arrays)
+        return slice_rows(self.arrays, idx)
 
 
 class DataParallel:
@@ -184,6 +158,7 @@ class DataParallel:
         self.mesh = Mesh(np.array(devices), ("data",))
         self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._local_single = len(devices) == 1 and jax.process_count() == 1
 
     @property
     def size(self) -> int:
@@ -192,8 +167,12 @@ class DataParallel:
     def replicate(self, tree):
         return jax.device_put(tree, self.replicated)
 
-    def _put(self, a: np.ndarray, sharding):
-        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+    def _put(self, tree, sharding):
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        return jax.tree_util.tree_map(
+            lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree
+        )
 
     def check_divides(self, rows: int, argument: str = "batch_size", note: str = "") -> None:
         """``rows`` (a batch size) splits evenly over the devices; ``ValueError`` otherwise."""
@@ -201,18 +180,38 @@ class DataParallel:
             fail(argument, f"divisible by the number of devices ({self.size}) to shard each batch "
                  "over them", f"{rows}{note}")  # fmt: skip
 
-    def shard_batch(self, batch: tuple, argument: str = "batch_size"):
-        """Host arrays -> global arrays sharded over the batch axis (None stays None)."""
-        self.check_divides(batch[0].shape[0], argument, " (the rows of this batch)")
-        return tuple(None if a is None else self._put(a, self.sharded) for a in batch)
+    @staticmethod
+    def rows(batch) -> int:
+        """The leading (example) axis of a batch's first leaf."""
+        return int(jax.tree_util.tree_leaves(batch)[0].shape[0])
 
-    def put(self, batch: tuple):
+    def feed(self, batch):
+        """A training batch as the jitted step takes it: the host arrays themselves on one device
+        in one process (the step's call places them, the cheapest way), sharded global arrays
+        otherwise."""
+        if self._local_single:
+            return batch
+        return self.shard_batch(batch)
+
+    def shard_batch(self, batch, argument: str = "batch_size"):
+        """Host arrays (any pytree) -> global arrays sharded over the batch axis."""
+        self.check_divides(self.rows(batch), argument, " (the rows of this batch)")
+        return self._put(batch, self.sharded)
+
+    def put(self, batch):
         """Shard when the batch divides evenly over the devices, replicate otherwise (eval data)."""
-        if batch[0].shape[0] % self.size == 0:
+        if self.rows(batch) % self.size == 0:
             return self.shard_batch(batch)
-        return tuple(None if a is None else self._put(a, self.replicated) for a in batch)
+        return self._put(batch, self.replicated)
 
     def fetch(self, tree):
         """Replicated device values -> host NumPy (reads the local copy, so it works multi-host)."""
         return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), tree)
 
+    def fetch_all(self, tree):
+        """Device values (sharded or replicated) -> whole host NumPy arrays."""
+        if jax.process_count() == 1:
+            return jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), tree)
+        from jax.experimental import multihost_utils
+
+        return jax.tree_util.tree_map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), tree)

@@ -19,8 +19,14 @@ class Progress:
 
     def step(self, loss: float) -> None:
         """One more step done, with its loss."""
+        self.advance(1, loss)
+
+    def advance(self, n: int, loss: float) -> None:
+        """``n`` more steps done, the last with ``loss``."""
+        if self._bar.disable:
+            return
         self._bar.set_postfix_str(f"loss={loss:.4g}", refresh=False)
-        self._bar.update(1)
+        self._bar.update(n)
 
     def close(self) -> None:
         self._bar.close()
