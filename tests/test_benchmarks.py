@@ -271,3 +271,31 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
     assert sine_base["noise_floor"] < sine_base["AR(10)"] < sine_base["persistence"] < sine_base["mean"]
     summary = (out / "summary.md").read_text()
     assert "Command: `python -m benchmarks --quick" in summary and "## Speed" in summary
+
+
+def test_parallel_benchmark_times_every_method_and_reports_iterations(tmp_path, monkeypatch):
+    from benchmarks import parallel
+
+    monkeypatch.setattr(parallel, "CELLS", ("gru", "mingru"))
+    monkeypatch.setattr(parallel, "QUICK_T", (50,))
+    monkeypatch.setattr(parallel, "QUICK_H", (2,))
+    result = parallel.run(tmp_path, quick=True, show_progress=False)
+    rows = {(r["cell"], r["H"]): r for r in result["rows"]}
+    gru = rows[("gru", 2)]
+    assert set(gru["forward_s"]) == set(parallel.METHODS) and set(gru["train_s"]) == set(parallel.METHODS)
+    for method in parallel.METHODS[1:]:
+        info = gru["info"][method]
+        assert info["converged"] and not info["fell_back"] and 1 <= info["iterations"] <= 50
+        assert gru["max_abs_error"][method] < 1e-4  # float32 against the sequential scan
+    mingru = rows[("mingru", 2)]
+    assert mingru["info"]["quasi_newton"]["iterations"] == 1  # one exact log-space scan
+    assert mingru["skipped"]["newton"] == parallel.SAME_SCAN and mingru["max_abs_error"]["quasi_newton"] < 1e-5
+    # an LSTM's flat carry is (h, c): N = 2H, over the full-Jacobian bound at H = 40
+    assert parallel.planned("lstm", 40, 50)["newton"].startswith("full Jacobians only")
+    assert parallel.planned("vanilla", 256, 10**6)["sequential"]  # over the CPU budget: skipped
+    assert all(v > 0 for v in gru["temp_bytes"].values())
+    data = json.loads((tmp_path / "parallel.json").read_text())
+    assert data["rows"][0]["cell"] == "gru"
+    text = (tmp_path / "parallel.md").read_text()
+    assert text.startswith("## Parallel in time") and "| 2 | 50 |" in text
+    assert (tmp_path / "parallel.png").read_bytes()[:8] == PNG_MAGIC
