@@ -217,14 +217,19 @@ def max_rel_error(got, want) -> float:
 # Outputs
 
 
+def _three(v: float) -> str:
+    """Three significant digits, without switching to an exponent at 1000 and above."""
+    return f"{v:.3g}" if abs(v) < 999.5 else f"{v:.0f}"
+
+
 def fmt_time(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
     if seconds >= 1.0:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} µs"
+        return f"{_three(seconds * 1e3)} ms"
+    return f"{_three(seconds * 1e6)} µs"
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -232,7 +237,7 @@ def fmt_bytes(n: float | None) -> str:
         return "–"
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
-            return f"{n / scale:.3g} {unit}"
+            return f"{_three(n / scale)} {unit}"
     return f"{int(n)} B"
 
 

@@ -22,7 +22,7 @@ parallel methods take ``N`` tangents per step per iteration, so they run where `
 most ``PARALLEL_WORK``; the sequential scan where ``T·H²`` is at most ``SEQUENTIAL_WORK``; the
 others are listed as skipped.
 
-    python -m benchmarks.parallel [--quick] [--out DIR]
+    python -m benchmarks.parallel [--quick] [--out DIR] [--render]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ METHODS = ("sequential", "newton", "quasi_newton", "elk")
 B, D = 1, 4
 PARALLEL_WORK = 4e9
 """A generic cell's parallel methods run where ``T·N³`` is at most this."""
-SEQUENTIAL_WORK = 2e8
+SEQUENTIAL_WORK = 2e7
 """The sequential scan (and the min cells' log-space scan) runs where ``T·H²`` is at most this."""
 TRAIN_T = (1_000,)
 """The training gradient is timed at these ``T``."""
@@ -145,8 +145,8 @@ def run(out_dir: Path, *, quick: bool = False, show_progress: bool = True) -> di
         if "sequential" in methods:
             train = T in (Ts if quick else TRAIN_T)
             built = build(name, H, T, methods, train)
-            budget = 2.0 if quick else 10.0
-            rounds = 2 if quick else 5
+            budget = 2.0 if quick else 5.0
+            rounds = 2 if quick else 3
             fwd = common.measure(built["forward"], rounds=rounds, budget_s=budget, min_rounds=2)
             row["forward_s"] = {m: v["median_s"] for m, v in fwd.items()}
             row["forward_timings"] = fwd
@@ -231,19 +231,25 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any]):
     plt = common.pyplot()
-    fig, axes = plt.subplots(1, len(CELLS), figsize=(3.6 * len(CELLS), 3.4), sharey=True)
+    sizes = sorted({r["H"] for r in result["rows"]})
+    colors = {H: plt.cm.viridis(i / max(len(sizes) - 1, 1)) for i, H in enumerate(sizes)}
+    styles = {"newton": "o-", "quasi_newton": "s--", "elk": "^:"}
+    fig, axes = plt.subplots(1, len(CELLS), figsize=(3.6 * len(CELLS), 3.6), sharey=True)
     for ax, name in zip(axes, CELLS):
         for m in METHODS[1:]:
-            for H in sorted({r["H"] for r in result["rows"]}):
+            for H in sizes:
                 pts = [(r["T"], r["forward_s"]["sequential"] / r["forward_s"][m]) for r in result["rows"]
                        if r["cell"] == name and r["H"] == H and m in r.get("forward_s", {})]
-                if pts and (m == "quasi_newton" or not linear(name)):
-                    ax.loglog(*zip(*pts), "o-", ms=3, label=f"{m} H={H}")
+                if pts:
+                    ax.loglog(*zip(*pts), styles[m], ms=3, color=colors[H])
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set(xlabel="T", title=name)
+        ax.set(xlabel="T", title=name + (" (one exact scan)" if linear(name) else ""))
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("speed-up over sequential (forward)")
-    axes[0].legend(fontsize=6)
+    handles = [plt.Line2D([], [], color="gray", linestyle=styles[m][1:], marker=styles[m][0], label=m)
+               for m in METHODS[1:]]
+    handles += [plt.Line2D([], [], color=colors[H], lw=3, label=f"H = {H}") for H in sizes]
+    axes[0].legend(handles=handles, fontsize=6, loc="lower left")
     return [("", fig)]
 
 
@@ -251,7 +257,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
+    parser.add_argument("--render", action="store_true", help="redo parallel.md and the plot from parallel.json in --out")
     args = parser.parse_args(argv)
+    if args.render:
+        import json
+
+        result = json.loads((args.out / "parallel.json").read_text())
+        common.write_outputs(args.out, "parallel", result, to_markdown(result), plot(result))
+        return
     print(to_markdown(run(args.out, quick=args.quick)))
 
 
