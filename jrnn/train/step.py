@@ -22,7 +22,8 @@ dropout key (no key, no dropout). The gradient is ``jax.value_and_grad`` of the 
 hand-written backward (``jrnn.bptt``) through ``jax.custom_vjp``.
 
 An update is **skipped** (params and optimizer state returned unchanged, bit for bit) when the loss
-or any gradient leaf is not finite, or when the batch has no scored step at all (every
+or the gradient's global norm is not finite (a NaN or an infinity in any leaf, or a sum of squares
+that overflows), or when the batch has no scored step at all (every
 ``seq_lengths`` is 0). ``metrics`` holds scalars:
 
 =================  ==============================================================================
@@ -32,7 +33,7 @@ or any gradient leaf is not finite, or when the batch has no scored step at all 
 ``clipped``        the optimizer's clipping fired (in some chunk): what the state of its
                    ``jrnn.optim.clip_by_global_norm`` link records, ``not grad_norm < clip_norm``;
                    always False for an optimizer without that link
-``finite``         the loss and every gradient were finite (in every chunk)
+``finite``         the loss and the gradient norm were finite (in every chunk)
 ``num_updates``    updates applied (1 or 0 without truncation; up to ``ceil(T / truncation)``)
 ``num_clipped``    updates whose gradient was clipped
 ``num_nonfinite``  updates skipped because the loss or the gradient was not finite
@@ -69,6 +70,7 @@ steps.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Callable, Literal
 
@@ -169,11 +171,6 @@ def check_batch(objective: ModelObjective, params, xs, targets, seq_lengths) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def _all_finite(tree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]
-    return jnp.stack(leaves).all() if leaves else jnp.array(True)
-
-
 def _select(pred: Array, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -189,11 +186,9 @@ def _apply_gradients(optimizer, params, opt_state, value, grads, weight):
     """The optimizer's update, kept only when the loss and gradient are finite and ``weight``
     (what the loss scored) is above 0; returns ``(params, opt_state, stats)``."""
     grad_norm = optax.tree.norm(grads)
-    # A finite norm means every gradient is finite (a NaN or an infinity would reach the norm);
-    # only when it is not (or a sum of squares overflows) is every leaf checked.
-    finite = jnp.isfinite(value) & jax.lax.cond(
-        jnp.isfinite(grad_norm), lambda g: jnp.array(True), _all_finite, grads
-    )
+    # A NaN or an infinity in any gradient reaches the norm, so one test covers every leaf; a
+    # finite gradient whose sum of squares overflows is refused too (no update could use it).
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     apply = finite & (weight > 0)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -512,10 +507,26 @@ def make_train_step(
         call_args = ("batch", "key")
     step.__doc__ = make_train_step.__doc__
     step = jax.jit(step)
+    if isinstance(objective, ModelObjective):
+        step = _checking_values(step, objective)
     if clip_norm is NOT_GIVEN:
         return step
     warn_clip_norm("make_train_step")
     return _checking_clip_norm(step, clip_norm, call_args)
+
+
+def _checking_values(step: Callable, objective: ModelObjective) -> Callable:
+    """``step`` behind a thin eager check of what its trace cannot see: the values of
+    ``seq_lengths`` (in ``[0, T]``) and of the labels (below the model's ``out_size``), when they
+    are concrete. Under an outer ``jit`` they are traced and the step runs unchecked."""
+
+    @functools.wraps(step)
+    def checked_step(params, opt_state, xs, targets, seq_lengths=None, key=None):
+        objective.check_values(xs, targets, seq_lengths)
+        return step(params, opt_state, xs, targets, seq_lengths, key)
+
+    checked_step.lower = step.lower  # the jitted step's AOT interface stays reachable
+    return checked_step
 
 
 def _checking_clip_norm(step: Callable, clip_norm: float | None, call_args: tuple) -> Callable:
