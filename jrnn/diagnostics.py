@@ -39,7 +39,7 @@ from jrnn._checks import check_choice, check_float, check_int, check_seq_lengths
 from jrnn.cells import Cell, cell_types, check_cell
 from jrnn.losses import get_loss
 from jrnn.network import RNN, readout, stack
-from jrnn.scan import compute_dtype, step_mask, tree_where
+from jrnn.scan import compute_dtype, step_mask, tree_where, zero_skipped
 from jrnn.unroll import prepare_carry
 
 Array = jax.Array
@@ -127,7 +127,7 @@ def _perturbed_forward(model: RNN, params, xs, eps, lengths):
         return carry_T, ys, None
 
     carries = model.initial_carries((B,), xs.dtype)
-    top, _, _, _ = stack(model, params, xs, carries, run_layer, [None] * model.num_layers)
+    top, _, _, _ = stack(model, params, zero_skipped(xs, lengths), carries, run_layer, [None] * model.num_layers)
     return readout(params, top, valid)  # (T, B, O)
 
 

@@ -111,6 +111,17 @@ def step_mask(steps: Array | None, num_steps: int) -> Array | None:
     return jnp.arange(num_steps)[:, None] < steps[None, :]
 
 
+def zero_skipped(xs: Array, steps: Array | None) -> Array:
+    """``xs (T, B, D)`` with the steps that do not run (``step_mask``) set to zero. Their outputs
+    are discarded anyway, but a NaN or an infinity there would still reach the weight gradients
+    through the input projection (``0·NaN``); padding is never read, as PyTorch's packed
+    sequences never read it."""
+    valid = step_mask(steps, xs.shape[0])
+    if valid is None:
+        return xs
+    return jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
+
+
 def is_general_mask(steps) -> bool:
     """Whether ``steps`` is a ``(T, B)`` mask (gaps allowed) rather than lengths."""
     return steps is not None and steps.ndim == 2
@@ -640,6 +651,7 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     differentiated by its adjoint, which ``backward`` then solves (``unroll`` and ``remat`` do
     not apply).
     """
+    xs = zero_skipped(xs, lengths)
     if method == "sequential":
         return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
     carry_T, ys, _ = parallel.solve_layer(cell, params, xs, carry, lengths, method=method, reverse=reverse,

@@ -195,6 +195,84 @@ def test_nonfinite_and_unscored_batches_leave_params_and_state_unchanged():
         assert int(metrics["num_nonfinite"]) == int(not finite) and int(metrics["num_updates"]) == 0
 
 
+def test_a_finite_gradient_whose_norm_overflows_is_not_applied():
+    """Every gradient entry is finite (1e20 in float32) but their sum of squares is not: no
+    optimizer could use it (RMSprop's and Adagrad's accumulators would overflow and stall), so the
+    update is skipped and counted as non-finite."""
+
+    def loss_fn(params, batch, key):
+        return jnp.sum(params["w"] * batch)
+
+    params = {"w": jnp.full((4,), 1e-3, jnp.float32)}
+    optimizer = optax.rmsprop(1e-3)
+    opt_state = optimizer.init(params)
+    step = make_train_step(loss_fn, optimizer)
+    new_params, new_state, metrics = step(params, opt_state, jnp.full((4,), 1e20, jnp.float32))
+    assert np.isfinite(float(metrics["loss"])) and not np.isfinite(float(metrics["grad_norm"]))
+    assert not bool(metrics["finite"]) and int(metrics["num_updates"]) == 0
+    assert_trees_equal(new_params, params)
+    assert_trees_equal(new_state, opt_state)
+    _, _, ok = step(params, opt_state, jnp.full((4,), 1.0, jnp.float32))  # an ordinary batch applies
+    assert bool(ok["finite"]) and int(ok["num_updates"]) == 1
+
+
+def test_a_checkpoint_dir_holding_foreign_integer_folders_is_refused_and_left_alone(tmp_path):
+    """orbax takes every integer-named folder for a step: a user's ck/1 would be deleted by the
+    cleanup of old steps (and a ck/7 restored as the latest). fit refuses such a directory before
+    writing or deleting anything."""
+    model, params = tiny()
+    xs, targets, _ = batch()
+    run = dict(steps=2, checkpoint_every=1, progress=False)
+    ck = tmp_path / "ck"
+    (ck / "1").mkdir(parents=True)
+    (ck / "1" / "important.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"checkpoint_dir must be .* holding '1', which is not a checkpoint"):
+        fit(model, params, optax.sgd(0.1), (xs, targets), checkpoint_dir=ck, **run)
+    assert (ck / "1" / "important.txt").read_text() == "keep me"
+    assert sorted(p.name for p in ck.iterdir()) == ["1"]
+    with pytest.raises(ValueError, match="checkpoint_dir must be a non-empty path"):
+        fit(model, params, optax.sgd(0.1), (xs, targets), checkpoint_dir="", **run)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="an existing file"):
+        fit(model, params, optax.sgd(0.1), (xs, targets), checkpoint_dir=tmp_path / "file", **run)
+    # a directory of fit's own checkpoints (and other, non-integer files) is accepted and resumed
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "notes.txt").write_text("mine")
+    first = fit(model, params, optax.sgd(0.1), (xs, targets), checkpoint_dir=good, **run)
+    assert {"1", "2"} <= {p.name for p in good.iterdir()}
+    more = fit(model, params, optax.sgd(0.1), (xs, targets), checkpoint_dir=good, **dict(run, steps=3))
+    assert more.step == 3 and first.step == 2 and (good / "notes.txt").read_text() == "mine"
+
+
+def test_the_step_checks_lengths_and_labels_before_its_jitted_call():
+    """Inside jit the values of seq_lengths and labels cannot be checked: lengths past T used to
+    drop a sequence from the loss silently, and a label past out_size gave a NaN counted as a
+    non-finite step. The step checks them on the host first, reading only those two arrays."""
+    model, params = tiny()
+    optimizer = optax.sgd(0.1)
+    opt_state = optimizer.init(params)
+    xs, targets, _ = batch()
+    step = make_train_step(model, optimizer)
+    for lengths in ([T + 4, 2], [-1, 2], [T + 1, T + 1]):
+        lengths = jnp.asarray(lengths + [T] * (B - 2))
+        with pytest.raises(ValueError, match=rf"seq_lengths must be in \[0, {T}\], got values in"):
+            step(params, opt_state, xs, targets, lengths)
+    ce = make_train_step(model, optimizer, loss="cross_entropy")
+    _, labels, _ = batch("cross_entropy")
+    with pytest.raises(ValueError, match=rf"targets must be class indices in \[0, {O}\)"):
+        ce(params, opt_state, xs, labels.at[0, 0].set(O))
+    with pytest.raises(ValueError, match=r"targets must be class indices"):
+        ce(params, opt_state, xs, labels.at[1, 2].set(-1))
+    # valid batches pass through (a negative label at a padded step is allowed), with the same
+    # numbers as the unchecked jitted step, and under an outer jit the step still traces
+    lengths = jnp.full((B,), T).at[1].set(2)
+    new_params, _, metrics = ce(params, opt_state, xs, labels.at[1, 4].set(-1), lengths)
+    assert bool(metrics["finite"]) and int(metrics["num_updates"]) == 1
+    traced = jax.jit(lambda p, s, x, y, n: ce(p, s, x, y, n))(params, opt_state, xs, labels.at[1, 4].set(-1), lengths)
+    assert_trees_equal(traced[0], new_params)
+
+
 def test_dropout_key_is_used():
     model, params = tiny(num_layers=2, dropout=0.5)
     optimizer = optax.sgd(0.1)

@@ -89,7 +89,8 @@ def value_and_grad(
     def run_layer(layer, direction, p_d, h, carry, reverse):
         return scan.forward(cell, p_d, h, carry, lengths, reverse=reverse, keep=keep)
 
-    top, finals, kept, inputs = stack(model, p, layout.to_scan(xs.astype(dtype)), carries, run_layer, scales)
+    xs_t = scan.zero_skipped(layout.to_scan(xs.astype(dtype)), lengths)  # padding is never read
+    top, finals, kept, inputs = stack(model, p, xs_t, carries, run_layer, scales)
     valid = step_mask(lengths, T)
     if model.pool is None:
         warn_last_step_bidirectional(model, jnp.ndim(targets) == (3 if loss == "mse" else 2))

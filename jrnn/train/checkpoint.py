@@ -32,9 +32,41 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Checkpointer", "RunState", "restore", "resume"]
+from jrnn._checks import fail
+
+__all__ = ["Checkpointer", "RunState", "check_checkpoint_dir", "restore", "resume"]
 
 FORMAT = 1
+
+_STEP_MARKER = "_CHECKPOINT_METADATA"
+"""The file orbax writes into every finished step directory."""
+
+
+def check_checkpoint_dir(checkpoint_dir) -> str:
+    """``checkpoint_dir`` as a path string, refused (``TypeError``/``ValueError``) when it is not a
+    non-empty path, is an existing file, or holds an integer-named entry that is not a checkpoint.
+
+    orbax takes every integer-named folder of the directory for a step: it would restore a user's
+    ``ck/7`` as the latest checkpoint and delete ``ck/1`` (with whatever it holds) when older steps
+    are cleaned up. Such a directory is refused before anything is written or deleted."""
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        fail("checkpoint_dir", "a path (str or os.PathLike)", type(checkpoint_dir).__name__, TypeError)
+    directory = os.fspath(checkpoint_dir)
+    if not isinstance(directory, str) or not directory.strip():
+        fail("checkpoint_dir", "a non-empty path (use \".\" for the current directory)", repr(directory))
+    if "://" in directory:
+        return directory
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        fail("checkpoint_dir", "a directory (or a path to create one)", f"{directory!r}, an existing file")
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            entry = os.path.join(directory, name)
+            if name.isdigit() and not os.path.isfile(os.path.join(entry, _STEP_MARKER)):
+                fail("checkpoint_dir", "a directory whose integer-named entries are fit's checkpoints "
+                     "(each step is one; older ones are deleted as training goes on)",
+                     f"{directory!r} holding {name!r}, which is not a checkpoint: move it away or use "
+                     "another directory")  # fmt: skip
+    return directory
 
 
 def key_to_data(key) -> tuple[jax.Array, str | None]:
@@ -75,7 +107,7 @@ class Checkpointer:
         import orbax.checkpoint as ocp  # imported here: a third of a second, needed only to checkpoint
 
         self._ocp = ocp
-        directory = os.fspath(directory)
+        directory = check_checkpoint_dir(directory)
         # a local path is made absolute (orbax requires it); a URL such as gs://... is kept
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         self.best = best
@@ -250,7 +282,7 @@ def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | st
     """
     import orbax.checkpoint as ocp
 
-    directory = os.fspath(checkpoint_dir)
+    directory = check_checkpoint_dir(checkpoint_dir)
     directory = directory if "://" in directory else os.path.abspath(directory)
     if not os.path.isdir(directory) and "://" not in directory:
         raise ValueError(f"checkpoint_dir must be a directory holding checkpoints, got {directory!r}")

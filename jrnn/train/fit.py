@@ -60,7 +60,7 @@ import optax
 
 from jrnn._checks import check_int, check_key, fail
 from jrnn.train._deprecated import NOT_GIVEN, check_clip_norm_agrees, pop_clip_norm, warn_clip_norm
-from jrnn.train.checkpoint import Checkpointer, RunState, resume
+from jrnn.train.checkpoint import Checkpointer, RunState, check_checkpoint_dir, resume
 from jrnn.train.data import DataParallel, Minibatches
 from jrnn.train.evaluation import Evaluator
 from jrnn.train.log import RunLog, new_history, pack, unpack
@@ -285,7 +285,8 @@ def fit(
         ``checkpoint_dir``; ``jrnn.train.checkpoint.restore(..., step="best")`` reads it).
       checkpoint_dir: where to save checkpoints every ``checkpoint_every`` steps and at the end
         (the 3 latest are kept); if it already holds one, training resumes from the latest (its
-        key and history included).
+        key and history included). A directory holding an integer-named entry that is not a
+        checkpoint is refused (a ``ValueError``): orbax would take it for a step.
       checkpoint_every: steps between checkpoints.
       log_path: a file to append JSON lines of metrics to (``jrnn.train.log``).
       log_every: steps between reads of the metrics from the device (module docstring).
@@ -327,6 +328,8 @@ def fit(
         fail("eval_data", "given with early_stopping or keep_best (they watch the evaluations)", None)
     if best_rule is not None and checkpoint_dir is None:
         fail("checkpoint_dir", "given with keep_best (the best checkpoint is kept there)", None)
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(checkpoint_dir)
     _check_data_kind(data, objective)
     key_given = key is not None
     key = jax.random.PRNGKey(0) if key is None else check_key("key", key)

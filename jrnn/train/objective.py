@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn._checks import check_choice, fail, shape_of
+from jrnn._checks import check_choice, fail, is_concrete, shape_of
 from jrnn.losses import get_loss
 from jrnn.metrics import Metric, get_metric
 from jrnn.network import RNN
@@ -259,18 +259,35 @@ class ModelObjective:
         self.every_step(xs_shape, targets, argument=f"targets of {argument}")
         if seq_lengths is not None:
             seq_lengths = _check_lengths(seq_lengths, xs_shape, f"seq_lengths of {argument}")
-        if self.loss == "cross_entropy" and targets.size:
-            # labels at unscored (padded) steps may hold anything, so the lower bound is only
-            # checked when every step is scored
-            low = 0 if seq_lengths is None else -np.inf
-            out = self.model.out_size
-            if targets.max() >= out or targets.min() < low:
-                fail(
-                    f"labels of {argument}",
-                    f"class indices in [0, {out}) (the model's out_size)",
-                    f"values in [{targets.min()}, {targets.max()}]",
-                )
+        self._check_labels(targets, seq_lengths, f"labels of {argument}")
         return xs, targets, seq_lengths
+
+    def _check_labels(self, targets: np.ndarray, seq_lengths, argument: str) -> None:
+        """For cross-entropy, class indices below the model's ``out_size`` (and not negative
+        when every step is scored: labels at padded steps may hold anything)."""
+        if self.loss != "cross_entropy" or not targets.size:
+            return
+        low = 0 if seq_lengths is None else -np.inf
+        out = self.model.out_size
+        if targets.max() >= out or targets.min() < low:
+            fail(argument, f"class indices in [0, {out}) (the model's out_size)",
+                 f"values in [{targets.min()}, {targets.max()}]")  # fmt: skip
+
+    def check_values(self, xs, targets, seq_lengths) -> None:
+        """The value checks of ``check_data`` that a jitted step cannot make (``seq_lengths`` in
+        ``[0, T]``, labels in range), on concrete arguments only; reads only the lengths and the
+        labels to the host, never ``xs``. Shapes are checked in the step's trace."""
+        xs_shape = shape_of(xs)
+        if xs_shape is None or len(xs_shape) != 3:
+            return  # the trace reports it
+        if seq_lengths is not None and is_concrete(seq_lengths) and shape_of(seq_lengths) is not None:
+            seq_lengths = _check_lengths(seq_lengths, xs_shape, "seq_lengths")
+        elif seq_lengths is not None and shape_of(seq_lengths) is None:
+            return  # not an array: the trace reports it
+        if self.loss == "cross_entropy" and shape_of(targets) is not None and is_concrete(targets):
+            labels = np.asarray(targets)
+            if np.issubdtype(labels.dtype, np.integer):
+                self._check_labels(labels, seq_lengths, "targets")
 
     def check_metrics(self, metrics: tuple[Metric, ...]) -> None:
         """Classification metrics (``accuracy``, top-k) go with ``cross_entropy``, regression

@@ -1,0 +1,93 @@
+"""Nothing silently wrong: what padding holds never reaches the results.
+
+A NaN or an infinity at steps that do not run (past ``seq_lengths``, or where ``mask`` is False)
+used to make every weight gradient NaN: the outputs there were discarded, but the input
+projection multiplied them by zero cotangents (``0·NaN``). Padding is now never read, as
+PyTorch's packed sequences never read it; gradients equal those of the same batch with zeros in
+the padding, in both backwards, for the network and for one layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from jrnn import bptt, diagnostics
+
+B, T, D, H, O = 3, 6, 2, 4, 2
+LENGTHS = np.array([6, 3, 1])
+MASK = np.array([[1, 1, 0, 1, 1, 1], [0, 1, 1, 0, 1, 0], [1, 0, 0, 0, 0, 1]], bool)
+
+
+def poisoned(valid: np.ndarray):
+    """Random inputs with NaN and inf at every step that does not run, and the same with zeros."""
+    xs = np.random.default_rng(0).standard_normal((B, T, D))
+    bad = np.where(valid[..., None], xs, np.nan)
+    bad[~valid, 0] = np.inf
+    return jnp.asarray(bad), jnp.asarray(np.where(valid[..., None], xs, 0.0))
+
+
+def valid_of(lengths=None, mask=None) -> np.ndarray:
+    valid = np.ones((B, T), bool)
+    if lengths is not None:
+        valid &= np.arange(T)[None] < lengths[:, None]
+    if mask is not None:
+        valid &= mask
+    return valid
+
+
+def assert_same_finite(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert np.all(np.isfinite(np.asarray(x)))
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backward", ["autodiff", "bptt"])
+@pytest.mark.parametrize("kind", ["lengths", "mask"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_nan_in_padding_never_reaches_the_network_gradients(backward, kind, bidirectional):
+    model = jrnn.RNN(jrnn.GRUCell(H), num_layers=2, bidirectional=bidirectional, output_size=O)
+    params = model.init(jax.random.PRNGKey(0), D, jnp.float64)
+    given = {"seq_lengths": jnp.asarray(LENGTHS)} if kind == "lengths" else {"mask": jnp.asarray(MASK)}
+    bad, clean = poisoned(valid_of(**({"lengths": LENGTHS} if kind == "lengths" else {"mask": MASK})))
+
+    def loss(p, xs):
+        ys, _ = model.apply(p, xs, backward=backward, **given)
+        return jnp.sum(ys**2)
+
+    value, grads = jax.value_and_grad(loss)(params, bad)
+    assert np.isfinite(float(value))
+    assert_same_finite(grads, jax.grad(loss)(params, clean))
+    d_xs = jax.grad(loss, argnums=1)(params, bad)
+    assert_same_finite(d_xs, jax.grad(loss, argnums=1)(params, clean))
+
+
+def test_nan_in_padding_never_reaches_the_hand_written_network_gradient_or_the_diagnostics():
+    model = jrnn.RNN(jrnn.LSTMCell(H), num_layers=2, output_size=O)
+    params = model.init(jax.random.PRNGKey(1), D, jnp.float64)
+    bad, clean = poisoned(valid_of(lengths=LENGTHS))
+    targets = jnp.asarray(np.random.default_rng(1).standard_normal((B, T, O)))
+    lengths = jnp.asarray(LENGTHS)
+    got = bptt.value_and_grad(model, params, bad, targets, loss="mse", seq_lengths=lengths)
+    want = bptt.value_and_grad(model, params, clean, targets, loss="mse", seq_lengths=lengths)
+    assert_same_finite(got, want)
+    norms = diagnostics.hidden_grad_norms(model, params, bad, targets, loss="mse", seq_lengths=lengths)
+    assert_same_finite(norms, diagnostics.hidden_grad_norms(model, params, clean, targets, loss="mse",
+                                                            seq_lengths=lengths))
+
+
+@pytest.mark.parametrize("method", ["sequential", "newton"])
+def test_nan_in_padding_never_reaches_one_layer(method):
+    cell = jrnn.LSTMCell(H)
+    params = cell.init(jax.random.PRNGKey(2), D, jnp.float64)
+    bad, clean = poisoned(valid_of(lengths=LENGTHS))
+    lengths = jnp.asarray(LENGTHS)
+
+    def loss(p, xs):
+        carry, ys = jrnn.unroll(cell, p, xs, seq_lengths=lengths, method=method)
+        return jnp.sum(ys**2) + jnp.sum(carry.c**2)
+
+    assert_same_finite(jax.value_and_grad(loss)(params, bad), jax.value_and_grad(loss)(params, clean))
