@@ -344,19 +344,19 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--cell", choices=("vanilla", "lstm", "gru"), default="lstm", help="recurrent cell (default: lstm)")
     add("--activation", choices=("tanh", "relu", "sigmoid", "linear"), default=None,
         help="activation of the vanilla cell (default: tanh; only with --cell vanilla)")
-    add("--layers", type=int, default=1, help="number of stacked layers (default: 1)")
-    add("--hidden", type=int, default=64, help="hidden size of each layer (default: 64)")
+    add("--layers", type=POSITIVE_INT, default=1, help="number of stacked layers (default: 1)")
+    add("--hidden", type=POSITIVE_INT, default=64, help="hidden size of each layer (default: 64)")
     add("--optimizer", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"), default="adam",
         help="update rule of jrnn.optim.make_optimizer (default: adam)")
-    add("--lr", type=float, default=3e-3, help="learning rate (default: 3e-3)")
-    add("--clip", type=float, default=1.0,
+    add("--lr", type=POSITIVE_FLOAT, default=3e-3, help="learning rate (default: 3e-3)")
+    add("--clip", type=NONNEGATIVE_FLOAT, default=1.0,
         help="clip gradients to this global norm before the update; 0 turns clipping off (default: 1.0)")
-    add("--steps", type=int, default=1000, help="training steps (minibatches) (default: 1000)")
-    add("--batch-size", type=int, default=32, help="sequences per step (default: 32)")
-    add("--seq-len", type=int, default=None,
+    add("--steps", type=POSITIVE_INT, default=1000, help="training steps (minibatches) (default: 1000)")
+    add("--batch-size", type=POSITIVE_INT, default=32, help="sequences per step (default: 32)")
+    add("--seq-len", type=POSITIVE_INT, default=None,
         help="sequence length: T of the synthetic tasks, the lag of copy, the window of "
              "sunspots/aapl; ignored by digits (default: the task's own, e.g. 50 for sine)")
-    add("--truncation", type=int, default=None,
+    add("--truncation", type=POSITIVE_INT, default=None,
         help="truncated BPTT: chunks of this many steps, the state carried across chunks, one "
              "update per chunk (default: full BPTT)")
     add("--backward", choices=("autodiff", "bptt"), default="bptt",
@@ -377,11 +377,36 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
              "improvement of METRIC (loss, or one of --metrics; default: loss)")
     add("--checkpoint-dir", default=None,
         help="save orbax checkpoints here and resume from the latest one if present (default: none)")
-    add("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
-    add("--eval-every", type=int, default=100, help="steps between validation evaluations (default: 100)")
-    add("--seed", type=int, default=0, help="random seed for data, initialization and order (default: 0)")
+    add("--checkpoint-every", type=POSITIVE_INT, default=100, help="steps between checkpoints (default: 100)")
+    add("--eval-every", type=POSITIVE_INT, default=100, help="steps between validation evaluations (default: 100)")
+    add("--seed", type=NONNEGATIVE_INT, default=0, help="random seed for data, initialization and order (default: 0)")
     add("--out", default="jrnn-train", metavar="DIR", help="output directory (default: ./jrnn-train)")
     add("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _bounded(kind: type, low: float, *, strict: bool):
+    """An argparse ``type``: a ``kind`` (int or float) above ``low`` (``strict``) or at least
+    ``low``, so that a bad flag is an argparse error naming it (exit status 2) before any work."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"{'>' if strict else '>='} {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+POSITIVE_INT = _bounded(int, 0, strict=True)
+NONNEGATIVE_INT = _bounded(int, 0, strict=False)
+POSITIVE_FLOAT = _bounded(float, 0.0, strict=True)
+NONNEGATIVE_FLOAT = _bounded(float, 0.0, strict=False)
 
 
 def run_train(args) -> int:

@@ -108,6 +108,24 @@ def test_train_rejects_activation_for_gated_cells(tmp_path):
         cli.main(["train", "--task", "unknown"])
 
 
+@pytest.mark.parametrize("flag, value", [
+    ("--steps", "-5"), ("--steps", "0"), ("--lr", "0"), ("--lr", "nan"), ("--hidden", "0"),
+    ("--clip", "-1"), ("--batch-size", "2.5"), ("--layers", "x"), ("--seq-len", "0"),
+    ("--truncation", "-3"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--seed", "-1"),
+])
+def test_train_rejects_bad_numbers_as_argparse_errors_naming_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"jrnn train: error: argument {flag}: must be " in err and value in err
+
+
+def test_train_accepts_the_boundary_values():
+    args = cli.build_parser().parse_args(["train", "--clip", "0", "--seed", "0", "--steps", "1", "--lr", "1e-4"])
+    assert (args.clip, args.seed, args.steps, args.lr) == (0.0, 0, 1, 1e-4)
+
+
 def test_train_with_metrics_early_stopping_and_pool(tmp_path, capsys):
     """--metrics columns in the log and metrics.json, --early-stopping ends the run, --pool gives
     one output per sequence; compile time reported apart."""
