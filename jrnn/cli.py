@@ -194,10 +194,27 @@ def plot_loss_curve(history: dict, path: str, *, loss: str, baselines: dict | No
     fig.savefig(path, dpi=120)
 
 
+def _plain(value):
+    """``value`` as strict JSON: NumPy/JAX scalars and arrays as numbers and lists, a float that
+    is not finite (a diverged run's loss) as null, anything else unknown as its string."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _plain(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
 def _write_json(path: str, obj: dict) -> None:
+    """Write ``obj`` as strict JSON (no ``NaN``/``Infinity``: those become null), atomically."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+        json.dump(_plain(obj), f, indent=2, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
 

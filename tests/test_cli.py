@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jrnn import cli
@@ -168,3 +169,16 @@ def test_train_rejects_pool_on_every_step_tasks_and_bad_flags(tmp_path):
         cli.main(["train", "--init", "xavier", "--out", str(tmp_path)])
     flags = {s for a in _subparsers(cli.build_parser())["train"]._actions for s in a.option_strings}
     assert {"--pool", "--metrics", "--early-stopping", "--init"} <= flags
+
+
+def test_metrics_json_is_strict_json_after_a_diverged_run(tmp_path):
+    """A loss of inf or NaN used to be written as Infinity/NaN, which JSON readers reject."""
+    path = tmp_path / "metrics.json"
+    cli._write_json(str(path), {"loss": float("inf"), "history": [1.0, float("nan"), np.float32(2.5)],
+                                "steps": np.int64(3), "curve": np.array([0.5, np.inf]), "ok": True})
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data == {"loss": None, "history": [1.0, None, 2.5], "steps": 3, "curve": [0.5, None], "ok": True}
+
