@@ -515,7 +515,9 @@ class RNN:
           time_major: ``xs`` and ``ys`` are ``(T, B, ·)``.
           unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
           remat: recompute per-step intermediates in the backward pass instead of storing them.
-          backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward).
+          backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward, a
+            ``jax.custom_vjp``: reverse mode only; forward mode such as ``jax.jvp`` or
+            ``jax.jacfwd`` needs ``"autodiff"``).
           method: ``"sequential"`` or a parallel-in-time solve of each layer (``jrnn.unroll``).
 
         Returns:

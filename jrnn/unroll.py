@@ -72,7 +72,9 @@ def unroll(
       time_major: ``xs`` and ``ys`` are ``(T, B, ·)``.
       unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
       remat: recompute each step in the backward pass instead of storing its intermediates.
-      backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward of ``jrnn.scan``).
+      backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward of ``jrnn.scan``,
+        a ``jax.custom_vjp``: reverse mode only, so ``jax.jvp``, ``jax.jacfwd`` and
+        ``jax.hessian`` need ``"autodiff"``).
       method: ``"sequential"`` (the scan, one step after another), or a parallel-in-time solve of
         the whole trajectory: ``"newton"`` (DEER), ``"quasi_newton"`` (diagonal Jacobians) or
         ``"elk"`` (damped); see ``jrnn.parallel``, whose ``solve`` takes the same arguments plus
