@@ -127,7 +127,7 @@ def example_pages() -> list[Path]:
 # The tests
 # ---------------------------------------------------------------------------------------------
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs")]  # one worker builds the site once
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]  # one worker builds the wheel once
+pytestmark = pytest.mark.slow
 
 LEFT_OUT = ("benchmarks/", "notebooks/", "docs/", "tests/", "examples/")
 """What the wheel must not hold (nor need): it is the library and its command only."""
