@@ -433,6 +433,35 @@ def test_resume_in_process_equals_an_uninterrupted_run(tmp_path):
     assert_trees_equal(done.params, whole.params)
 
 
+def test_resume_with_evaluation_metrics_and_keep_best_equals_an_uninterrupted_run(tmp_path):
+    """The evaluation history, the metrics, the best checkpoint and the early-stopping state all
+    survive a resume: the resumed run ends bit for bit where the uninterrupted one does."""
+    model, params = tiny("lstm")
+    optimizer = optax.adam(5e-2)
+    data, val = batch("cross_entropy", n=8), batch("cross_entropy", key=5)
+    kwargs = dict(loss="cross_entropy", batch_size=4, eval_data=val, eval_every=2, metrics=("accuracy",),
+                  early_stopping=jrnn.train.EarlyStopping(patience=100, metric="accuracy"), progress=False,
+                  key=jax.random.PRNGKey(3))
+    whole = fit(model, params, optimizer, data, steps=9, checkpoint_dir=tmp_path / "whole", keep_best="accuracy",
+                **kwargs)
+    # the first call ends at a scheduled evaluation (fit also evaluates at its last step, so a
+    # call ending elsewhere would add an evaluation the uninterrupted run does not make)
+    first = fit(model, params, optimizer, data, steps=4, checkpoint_dir=tmp_path / "run", keep_best="accuracy",
+                **kwargs)
+    assert first.step == 4
+    again = fit(model, params, optimizer, data, steps=9, checkpoint_dir=tmp_path / "run", keep_best="accuracy",
+                **kwargs)
+    assert again.step == 9 and not again.stopped_early
+    assert_trees_equal(again.params, whole.params)
+    assert_trees_equal(again.opt_state, whole.opt_state)
+    assert again.history == whole.history and len(whole.history["eval"]["accuracy"]) == 5
+    assert again.best == whole.best
+    best_whole = jrnn.train.restore(tmp_path / "whole", params, optimizer.init(params), step="best")
+    best_again = jrnn.train.restore(tmp_path / "run", params, optimizer.init(params), step="best")
+    assert best_whole[2] == best_again[2] == whole.best["step"]
+    assert_trees_equal(best_again[0], best_whole[0])
+
+
 def test_resume_with_callable_data(tmp_path):
     model, params = tiny()
     optimizer = optax.sgd(0.05)
