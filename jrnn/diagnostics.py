@@ -343,7 +343,13 @@ def recurrent_spectrum(cell: Cell, params) -> dict[str, Spectrum]:
     """
     check_cell(cell)
     cell.check_params(params)
-    blocks = _blocks(params.w_h)
+    w_h = getattr(params, "w_h", None)
+    if w_h is None or w_h.shape[1] != len(cell.gate_names) * w_h.shape[0]:
+        got = "no w_h" if w_h is None else f"w_h of shape {tuple(w_h.shape)}"
+        fail("cell", "a cell whose recurrent weights are square gate blocks, w_h (H, G·H) (not a "
+             "minGRU/minLSTM, which have none, nor an LSTM with proj_size)",
+             f"{type(cell).__name__} with {got}")  # fmt: skip
+    blocks = _blocks(w_h)
     return {name: _spectrum(blocks[k]) for k, name in enumerate(cell.gate_names)}
 
 

@@ -500,6 +500,10 @@ def _check_flax_tree(tree: Mapping, kind: str) -> None:
             raise ValueError(f"cell_params[{name!r}]['kernel'] must be {expected} like the other gates, got {k}")
         if "bias" in leaves and jnp.shape(sub["bias"]) != (H,):
             raise ValueError(f"cell_params[{name!r}]['bias'] must be ({H},), got {jnp.shape(sub['bias'])}")
+        for leaf in leaves:
+            dtype = jnp.result_type(sub[leaf])
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(f"cell_params[{name!r}][{leaf!r}] must be floating point, got dtype {dtype}")
 
 
 def from_flax(cell_params, kind=None, *, activation: str | None = None) -> tuple[Cell, Any]:

@@ -91,3 +91,26 @@ def test_nan_in_padding_never_reaches_one_layer(method):
         return jnp.sum(ys**2) + jnp.sum(carry.c**2)
 
     assert_same_finite(jax.value_and_grad(loss)(params, bad), jax.value_and_grad(loss)(params, clean))
+
+
+# --------------------------------------------------------------------------------------------
+# Clear errors where a deep traceback (or a silent wrong answer) used to come
+
+
+def test_from_flax_refuses_integer_weights():
+    cell = jrnn.GRUCell(H)
+    params = cell.init(jax.random.PRNGKey(0), D)
+    _, variables = jrnn.interop.to_flax(cell, params)
+    tree = {name: dict(leaves) for name, leaves in variables["params"].items()}
+    tree["hr"]["kernel"] = jnp.ones((H, H), jnp.int32)
+    with pytest.raises(TypeError, match=r"cell_params\['hr'\]\['kernel'\] must be floating point, got dtype int32"):
+        jrnn.interop.from_flax(tree, "gru")
+
+
+@pytest.mark.parametrize("cell", [jrnn.MinGRUCell(H), jrnn.LSTMCell(H, proj_size=2)], ids=["mingru", "lstm_proj"])
+def test_recurrent_spectrum_says_which_cells_it_does_not_apply_to(cell):
+    params = cell.init(jax.random.PRNGKey(0), D)
+    with pytest.raises(ValueError, match=r"cell must be a cell whose recurrent weights are square gate blocks"):
+        diagnostics.recurrent_spectrum(cell, params)
+    spectrum = diagnostics.recurrent_spectrum(jrnn.LSTMCell(H), jrnn.LSTMCell(H).init(jax.random.PRNGKey(0), D))
+    assert list(spectrum) == ["i", "f", "g", "o"]
