@@ -43,7 +43,8 @@ _STEP_MARKER = "_CHECKPOINT_METADATA"
 
 
 def check_checkpoint_dir(checkpoint_dir) -> str:
-    """``checkpoint_dir`` as a path string, refused (``TypeError``/``ValueError``) when it is not a
+    """``checkpoint_dir`` as an absolute path (orbax requires it; a URL such as ``gs://...`` is
+    kept as it is), refused (``TypeError``/``ValueError``) when it is not a
     non-empty path, is an existing file, or holds an integer-named entry that is not a checkpoint.
 
     orbax takes every integer-named folder of the directory for a step: it would restore a user's
@@ -66,7 +67,7 @@ def check_checkpoint_dir(checkpoint_dir) -> str:
                      "(each step is one; older ones are deleted as training goes on)",
                      f"{directory!r} holding {name!r}, which is not a checkpoint: move it away or use "
                      "another directory")  # fmt: skip
-    return directory
+    return os.path.abspath(directory)
 
 
 def key_to_data(key) -> tuple[jax.Array, str | None]:
@@ -107,9 +108,7 @@ class Checkpointer:
         import orbax.checkpoint as ocp  # imported here: a third of a second, needed only to checkpoint
 
         self._ocp = ocp
-        directory = check_checkpoint_dir(directory)
-        # a local path is made absolute (orbax requires it); a URL such as gs://... is kept
-        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.directory = check_checkpoint_dir(directory)
         self.best = best
         if best is None:
             options = ocp.CheckpointManagerOptions(
@@ -283,7 +282,6 @@ def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | st
     import orbax.checkpoint as ocp
 
     directory = check_checkpoint_dir(checkpoint_dir)
-    directory = directory if "://" in directory else os.path.abspath(directory)
     if not os.path.isdir(directory) and "://" not in directory:
         raise ValueError(f"checkpoint_dir must be a directory holding checkpoints, got {directory!r}")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
