@@ -615,6 +615,8 @@ def solve_layer(
     xs = xs.astype(dtype)
     carry = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), carry)
     mask = _step_mask(lengths, T)
+    if mask is not None:  # padding is never read (a NaN there would reach the gradients as 0·NaN)
+        xs = jnp.where(mask[..., None], xs, jnp.zeros_like(xs))
     if reverse:  # the reversed recurrence: process the flipped sequence forwards
         xs = xs[::-1]
         mask = None if mask is None else mask[::-1]

@@ -651,8 +651,8 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     differentiated by its adjoint, which ``backward`` then solves (``unroll`` and ``remat`` do
     not apply).
     """
-    xs = zero_skipped(xs, lengths)
     if method == "sequential":
+        xs = zero_skipped(xs, lengths)  # the parallel solve zeroes its own padding
         return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
     carry_T, ys, _ = parallel.solve_layer(cell, params, xs, carry, lengths, method=method, reverse=reverse,
                                           backward=backward)  # fmt: skip
