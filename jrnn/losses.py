@@ -101,9 +101,24 @@ def _scored_mask(batch: int, steps: int, seq_lengths, every_step: bool) -> jax.A
     return jnp.broadcast_to(t == lengths - 1, (batch, steps))
 
 
+def _acc(dtype):
+    """The dtype sums of ``dtype`` values are accumulated in: float32 for float16 and bfloat16
+    (a float16 sum of squares overflows past 65504, and its count of scored steps stops being
+    exact past 2048), else ``dtype`` itself."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
 def _count(scored: jax.Array, dtype) -> jax.Array:
-    """``max(N, 1)`` in ``dtype``: the number of scored steps, guarded against 0."""
-    return jnp.maximum(jnp.sum(scored.astype(dtype)), jnp.ones((), dtype))
+    """``max(N, 1)`` in the accumulation dtype of ``dtype``: the number of scored steps, guarded
+    against 0."""
+    acc = _acc(dtype)
+    return jnp.maximum(jnp.sum(scored.astype(acc)), jnp.ones((), acc))
+
+
+def _mean(total_terms: jax.Array, denom: jax.Array, dtype) -> jax.Array:
+    """``Σ total_terms / denom``, summed in the accumulation dtype, returned in ``dtype``."""
+    return (jnp.sum(total_terms.astype(denom.dtype)) / denom).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +163,7 @@ def mse(preds, targets, seq_lengths=None) -> jax.Array:
       The scalar loss, in ``preds.dtype``.
     """
     residual, denom = _mse_residual(preds, targets, seq_lengths)
-    return jnp.sum(residual * residual) / denom
+    return _mean(residual * residual, denom, residual.dtype)
 
 
 def mse_value_and_grad(preds, targets, seq_lengths=None) -> tuple[jax.Array, jax.Array]:
@@ -167,8 +182,8 @@ def mse_value_and_grad(preds, targets, seq_lengths=None) -> tuple[jax.Array, jax
       ``(loss, d_preds)`` with ``d_preds`` of shape ``(B, T, O)``, zero at unscored steps.
     """
     residual, denom = _mse_residual(preds, targets, seq_lengths)
-    loss = jnp.sum(residual * residual) / denom
-    d_preds = 2 * residual / denom
+    loss = _mean(residual * residual, denom, residual.dtype)
+    d_preds = (2 * residual.astype(denom.dtype) / denom).astype(residual.dtype)
     return loss, d_preds
 
 
@@ -228,7 +243,7 @@ def cross_entropy(logits, labels, seq_lengths=None) -> jax.Array:
     """
     log_probs, labels, scored, count = _cross_entropy_parts(logits, labels, seq_lengths)
     picked = jnp.take_along_axis(log_probs, labels[:, :, None], axis=-1)[:, :, 0]   # (B, T)
-    return -jnp.sum(jnp.where(scored, picked, 0)) / count
+    return -_mean(jnp.where(scored, picked, 0), count, log_probs.dtype)
 
 
 def cross_entropy_value_and_grad(logits, labels, seq_lengths=None) -> tuple[jax.Array, jax.Array]:
@@ -252,8 +267,9 @@ def cross_entropy_value_and_grad(logits, labels, seq_lengths=None) -> tuple[jax.
     classes_k = jnp.arange(classes, dtype=labels.dtype)[None, None, :]                # (1, 1, K)
     one_hot = (labels[:, :, None] == classes_k).astype(log_probs.dtype)                # (B, T, K)
     picked = jnp.sum(one_hot * log_probs, axis=-1)                                 # (B, T)
-    loss = -jnp.sum(jnp.where(scored, picked, 0)) / count
-    d_logits = jnp.where(scored[:, :, None], jnp.exp(log_probs) - one_hot, 0) / count
+    loss = -_mean(jnp.where(scored, picked, 0), count, log_probs.dtype)
+    d_logits = jnp.where(scored[:, :, None], jnp.exp(log_probs) - one_hot, 0)
+    d_logits = (d_logits.astype(count.dtype) / count).astype(log_probs.dtype)
     return loss, d_logits
 
 

@@ -165,7 +165,8 @@ def top_k_accuracy_parts(logits, labels, seq_lengths=None, *, k: int = 5) -> tup
 def _error_parts(preds, targets, seq_lengths, power: Callable[[Array], Array]) -> tuple[Array, Array]:
     preds, targets, scored = _prepare(preds, targets, seq_lengths, labels=False)
     residual = jnp.where(scored[:, :, None], preds - targets.astype(preds.dtype), 0)  # (B, T, O)
-    return jnp.sum(power(residual)), _count(scored, preds.dtype, preds.shape[-1])
+    dtype = _label_dtype(preds)  # float16/bfloat16 sums accumulate in float32
+    return jnp.sum(power(residual.astype(dtype))), _count(scored, dtype, preds.shape[-1])
 
 
 def squared_error_parts(preds, targets, seq_lengths=None) -> tuple[Array, Array]:

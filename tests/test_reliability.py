@@ -118,3 +118,70 @@ def test_recurrent_spectrum_says_which_cells_it_does_not_apply_to(cell):
         diagnostics.recurrent_spectrum(cell, params)
     spectrum = diagnostics.recurrent_spectrum(jrnn.LSTMCell(H), jrnn.LSTMCell(H).init(jax.random.PRNGKey(0), D))
     assert list(spectrum) == ["i", "f", "g", "o"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Updates that would overflow the optimizer's state are skipped
+# ----------------------------------------------------------------------------------------------
+
+
+def _linear_loss(params, batch, key):
+    return jnp.sum(params["w"] * batch)
+
+
+def _all_finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
+               if np.issubdtype(np.asarray(leaf).dtype, np.inexact))
+
+
+def test_an_update_that_would_overflow_the_params_is_skipped():
+    # a finite loss and gradient (norm 1e10), but lr * grad = 1e40 overflows float32 params
+    optimizer = jrnn.optim.make_optimizer("sgd", 1e30)
+    step = jrnn.train.make_train_step(_linear_loss, optimizer)
+    params = {"w": jnp.asarray(np.random.default_rng(1).standard_normal(3), jnp.float32)}
+    state = optimizer.init(params)
+    new_params, new_state, m = step(params, state, jnp.full((3,), 1e10 / np.sqrt(3), jnp.float32))
+    assert np.isfinite(float(m["grad_norm"])) and np.isfinite(float(m["loss"]))
+    assert not bool(m["finite"]) and int(m["num_nonfinite"]) == 1 and int(m["num_updates"]) == 0
+    for a, b in zip(jax.tree_util.tree_leaves((new_params, new_state)), jax.tree_util.tree_leaves((params, state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # training goes on: an ordinary gradient moves the weights
+    moved, _, m = step(new_params, new_state, jnp.asarray(np.random.default_rng(2).standard_normal(3) * 1e-31, jnp.float32))
+    assert bool(m["finite"]) and int(m["num_updates"]) == 1
+    assert not np.array_equal(np.asarray(moved["w"]), np.asarray(params["w"]))
+
+
+def test_adagrad_accumulator_overflow_is_refused_at_the_step_that_overflows():
+    # g² = 1e38 per step: the accumulator overflows float32 at the 4th step (4e38)
+    optimizer = jrnn.optim.make_optimizer("adagrad", 1e-2)
+    step = jrnn.train.make_train_step(_linear_loss, optimizer)
+    params = {"w": jnp.asarray([0.3], jnp.float32)}
+    state = optimizer.init(params)
+    finite = []
+    for _ in range(5):
+        params, state, m = step(params, state, jnp.asarray([1e19], jnp.float32))
+        finite.append(bool(m["finite"]))
+        assert _all_finite((params, state))
+    assert finite == [True, True, True, False, False]
+
+
+# ----------------------------------------------------------------------------------------------
+# float16 losses accumulate in float32
+# ----------------------------------------------------------------------------------------------
+
+
+def test_float16_losses_and_metrics_do_not_overflow_when_summing_many_values():
+    rng = np.random.default_rng(3)
+    preds = rng.uniform(5, 15, (4, 3000, 2))     # squares ~100: a float16 sum of 24 000 overflows
+    targets = rng.standard_normal((4, 3000, 2))
+    logits, labels = rng.standard_normal((4, 3000, 3)), rng.integers(0, 3, (4, 3000))
+    half = lambda a: jnp.asarray(a, jnp.float16)  # noqa: E731
+    want_mse = np.mean((preds.astype(np.float16).astype(np.float64) - targets.astype(np.float16)) ** 2)
+    for got in (jrnn.losses.mse(half(preds), half(targets)), jrnn.losses.mse_value_and_grad(half(preds), half(targets))[0]):
+        assert got.dtype == jnp.float16
+        np.testing.assert_allclose(float(got), want_mse, rtol=2e-3)
+    ref = jrnn.losses.cross_entropy(jnp.asarray(logits, jnp.float32), labels)
+    for got in (jrnn.losses.cross_entropy(half(logits), labels), jrnn.losses.cross_entropy_value_and_grad(half(logits), labels)[0]):
+        np.testing.assert_allclose(float(got), float(ref), rtol=2e-3)
+    total, count = jrnn.metrics.squared_error_parts(half(preds), half(targets))
+    np.testing.assert_allclose(float(total) / float(count), want_mse, rtol=2e-3)

@@ -42,7 +42,7 @@ compilation events; 0 when a repeated call reuses the compiled step), evaluating
 first step record of a call holds ``compile_s`` as well.
 
 ``history`` (a JSON-friendly dict of columns) and the log's records are described in
-``jrnn.train.log``. A step whose loss or gradient is not finite is skipped (``finite`` False,
+``jrnn.train.log``. A step whose loss, gradient or update is not finite is skipped (``finite`` False,
 ``num_nonfinite`` > 0, parameters unchanged); ``max_consecutive_nonfinite`` such steps in a row
 stop the run with a ``FloatingPointError``.
 """
@@ -172,7 +172,7 @@ class NonfiniteStreak:
         self.count = 0 if finite else self.count + 1
         if self.count >= self.limit:
             raise FloatingPointError(
-                f"fit: {self.count} consecutive steps with a non-finite loss or gradient "
+                f"fit: {self.count} consecutive steps with a non-finite loss, gradient or update "
                 f"(steps {step - self.count + 1} to {step}, max_consecutive_nonfinite={self.limit}); "
                 f"the parameters are those after step {step - self.count}. Lower the learning rate, "
                 "clip gradients or check the data."

@@ -23,8 +23,9 @@ hand-written backward (``jrnn.bptt``) through ``jax.custom_vjp``.
 
 An update is **skipped** (params and optimizer state returned unchanged, bit for bit) when the loss
 or the gradient's global norm is not finite (a NaN or an infinity in any leaf, or a sum of squares
-that overflows), or when the batch has no scored step at all (every
-``seq_lengths`` is 0). ``metrics`` holds scalars:
+that overflows), when the update would make a parameter or the optimizer's state non-finite (a
+finite gradient that overflows Adagrad's or RMSprop's sum of squares, which would freeze the
+weights for good), or when the batch has no scored step at all (every ``seq_lengths`` is 0). ``metrics`` holds scalars:
 
 =================  ==============================================================================
 ``loss``           the loss of the batch (with truncation: the mean over chunks, weighted by
@@ -33,10 +34,11 @@ that overflows), or when the batch has no scored step at all (every
 ``clipped``        the optimizer's clipping fired (in some chunk): what the state of its
                    ``jrnn.optim.clip_by_global_norm`` link records, ``not grad_norm < clip_norm``;
                    always False for an optimizer without that link
-``finite``         the loss and the gradient norm were finite (in every chunk)
+``finite``         the loss, the gradient norm, the new params and the new optimizer state were
+                   finite (in every chunk)
 ``num_updates``    updates applied (1 or 0 without truncation; up to ``ceil(T / truncation)``)
 ``num_clipped``    updates whose gradient was clipped
-``num_nonfinite``  updates skipped because the loss or the gradient was not finite
+``num_nonfinite``  updates skipped because one of those was not finite
 =================  ==============================================================================
 
 and one scalar per requested metric (``make_train_step(..., metrics=...)``, ``jrnn.metrics``): its
@@ -175,6 +177,15 @@ def _select(pred: Array, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def _all_finite(tree) -> Array:
+    """Whether every floating-point leaf of ``tree`` is finite (True for a tree without one)."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]  # fmt: skip
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
 def _clipped(opt_state) -> Array:
     """Whether the update that produced ``opt_state`` was clipped: its clipping link's record,
     or False when the optimizer has no ``jrnn.optim.clip_by_global_norm`` link."""
@@ -186,12 +197,15 @@ def _apply_gradients(optimizer, params, opt_state, value, grads, weight):
     """The optimizer's update, kept only when the loss and gradient are finite and ``weight``
     (what the loss scored) is above 0; returns ``(params, opt_state, stats)``."""
     grad_norm = optax.tree.norm(grads)
-    # A NaN or an infinity in any gradient reaches the norm, so one test covers every leaf; a
-    # finite gradient whose sum of squares overflows is refused too (no update could use it).
-    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    apply = finite & (weight > 0)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    # A NaN or an infinity in any gradient reaches the norm, so one test covers every leaf; a
+    # finite gradient whose sum of squares overflows is refused too (no update could use it). A
+    # finite gradient can still overflow the optimizer's state (Adagrad's sum of squares, Adam's
+    # second moment) or the params: such an update would freeze them for good, so it is refused.
+    finite = (jnp.isfinite(value) & jnp.isfinite(grad_norm)
+              & _all_finite(new_params) & _all_finite(new_opt_state))  # fmt: skip
+    apply = finite & (weight > 0)
     stats = {
         "loss": value,
         "grad_norm": grad_norm,
