@@ -4,8 +4,9 @@ A checkpoint is one directory per step under ``checkpoint_dir``, holding
 
 - ``state``: ``{"params", "opt_state", "key"}`` (arrays; ``key`` is the raw data of the run's
   key, from which every data order and dropout key is derived);
-- ``meta``: JSON ``{"step", "history", "key_impl", "format", "best_metric"}`` (``best_metric``:
-  ``[name, higher_is_better]`` when the run keeps its best checkpoint, else null).
+- ``meta``: JSON ``{"step", "history", "key_impl", "format", "best_metric", "structure",
+  "checksums", "run"}`` (``best_metric``: ``[name, higher_is_better]`` when the run keeps its best
+  checkpoint, else null; ``structure``, ``checksums`` and ``run``: ``jrnn.train.runspec``).
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
 killed at any moment leaves either a whole checkpoint or none (temporary leftovers are removed
@@ -17,7 +18,13 @@ written. The 3 latest checkpoints are kept. With ``best=(metric, higher_is_bette
 ranks last. ``restore(directory, params, opt_state, step="best")`` reads it back.
 
 :func:`resume` picks a run up where its latest checkpoint left it: a :class:`RunState`, the
-params, optimizer state, key, step and history of the run at that point.
+params, optimizer state, key, step and history of the run at that point. A checkpoint that cannot
+be read back whole (truncated or deleted files, a flipped bit caught by the checksums) is
+**damaged**: ``resume`` warns, naming it, and goes back to the newest intact one. A checkpoint of
+another structure (model, optimizer) is refused with an error naming the first array that
+differs, and one of another run (``jrnn.train.runspec``: learning rate, batch size, data, dtype,
+...) with an error naming every difference, unless the caller accepts them (``fit``'s
+``resume_check=False``).
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ import jax
 import numpy as np
 
 from jrnn._checks import fail
+from jrnn.train.runspec import checksums, describe_differences, structure, structure_difference
 
-__all__ = ["Checkpointer", "RunState", "check_checkpoint_dir", "restore", "resume"]
+__all__ = ["Checkpointer", "Damaged", "RunState", "check_checkpoint_dir", "restore", "resume"]
 
 FORMAT = 1
 
@@ -100,16 +108,34 @@ def _quiet_absl():
         logger.setLevel(level)
 
 
+class Damaged(ValueError):
+    """A checkpoint that cannot be read back whole."""
+
+
+def verify(step: int, arrays, meta: dict) -> None:
+    """Raise :class:`Damaged` when ``arrays`` (restored) do not match ``meta``'s checksums; no
+    check for a checkpoint saved without them."""
+    saved = meta.get("checksums")
+    if saved is None:
+        return
+    now = checksums(arrays)
+    if len(now) != len(saved) or now != saved:
+        paths = [p for p, *_ in meta.get("structure") or []]
+        bad = [paths[i] if i < len(paths) else f"array {i}" for i, (a, b) in enumerate(zip(saved, now)) if a != b]
+        raise Damaged(f"step {step}: the arrays read back do not match their checksums ({', '.join(bad[:3])})")
+
+
 class Checkpointer:
     """Save and restore ``fit``'s state in ``directory`` (keeping the ``max_to_keep`` latest)."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
-                 best: tuple[str, bool] | None = None):  # fmt: skip
+                 best: tuple[str, bool] | None = None, run: dict | None = None):  # fmt: skip
         import orbax.checkpoint as ocp  # imported here: a third of a second, needed only to checkpoint
 
         self._ocp = ocp
         self.directory = check_checkpoint_dir(directory)
         self.best = best
+        self.run = run
         if best is None:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
@@ -154,8 +180,10 @@ class Checkpointer:
         # the key as a host NumPy array: it is the same on every process, so any host can write it
         state = {"params": params, "opt_state": opt_state, "key": np.asarray(key_data)}
         history = {part: {name: list(col) for name, col in cols.items()} for part, cols in history.items()}
+        arrays = {"params": params, "opt_state": opt_state}
         meta = {"step": int(step), "history": history, "key_impl": key_impl, "format": FORMAT,
-                "best_metric": None if self.best is None else list(self.best)}
+                "best_metric": None if self.best is None else list(self.best),
+                "structure": structure(arrays), "checksums": checksums(arrays), "run": self.run}
         ocp = self._ocp
         if self.best is not None and metrics is not None:
             metrics = {k: (float(v) if v is not None and math.isfinite(v) else None) for k, v in metrics.items()}
@@ -171,10 +199,40 @@ class Checkpointer:
                 force=True,
             )
 
+    def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def set_aside(self, step: int) -> str:
+        """Move the damaged checkpoint of ``step`` out of the way (to ``<step>.damaged``, where
+        orbax no longer sees it and it can still be inspected; deleted for a URL) so that the
+        run can save that step again; returns where it went."""
+        source = os.path.join(self.directory, str(step))
+        if "://" in self.directory:
+            self._manager.delete(int(step))
+            gone = "deleted"
+        else:
+            target, n = source + ".damaged", 1
+            while os.path.exists(target):
+                n += 1
+                target = f"{source}.damaged{n}"
+            os.replace(source, target)
+            gone = target
+        self._manager.reload()
+        return gone
+
+    def meta(self, step: int) -> dict:
+        """The JSON ``meta`` of ``step`` alone (no arrays read)."""
+        ocp = self._ocp
+        return self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore(self, step: int, params, opt_state, key) -> tuple[Any, Any, Any, dict]:
         """Restore ``step`` into the structure, dtypes and shardings of the given templates.
 
         Returns ``(params, opt_state, key, meta)``.
+
+        Raises:
+          Damaged: the arrays read back do not match the checksums saved with them.
         """
         ocp = self._ocp
         key_data, _ = key_to_data(key)
@@ -185,6 +243,7 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
         )
         state, meta = restored["state"], restored["meta"]
+        verify(step, {"params": state["params"], "opt_state": state["opt_state"]}, meta)
         key = key_from_data(jax.numpy.asarray(state["key"]), meta.get("key_impl"))
         return state["params"], state["opt_state"], key, meta
 
@@ -214,18 +273,52 @@ class RunState(NamedTuple):
     history: dict
 
 
-def resume(checkpointer: Checkpointer, start: RunState, *, key_given: bool, steps: int,
-           stacklevel: int = 2) -> RunState:  # fmt: skip
-    """The run restored from ``checkpointer``'s latest checkpoint, or ``start`` when it has none.
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
 
-    The checkpoint's key wins over ``start.key`` (the data order and dropout keys derive from
-    it), with a warning when a key was given explicitly and differs.
+
+def _check_same_run(checkpointer: Checkpointer, step: int, meta: dict, like: dict, check_run: bool,
+                    stacklevel: int) -> None:  # fmt: skip
+    """Refuse a checkpoint of another structure; refuse (``check_run``) or warn of one of
+    another run (``jrnn.train.runspec``)."""
+    now = structure(like)
+    saved = meta.get("structure")
+    if saved is not None:
+        difference = structure_difference(saved, now)
+        if difference is not None:
+            raise ValueError(
+                f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {step}) of "
+                f"another model or optimizer: {difference}; use another directory or the same "
+                "model and optimizer"
+            )
+    differences = describe_differences(meta.get("run"), checkpointer.run or {}, saved, now)
+    if not differences:
+        return
+    listed = "; ".join(differences)
+    if check_run:
+        raise ValueError(
+            f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {step}) of another "
+            f"run, and resuming it would not continue that run: {listed}. Use another directory, "
+            "the same settings, or resume_check=False to resume with these anyway"
+        )
+    warnings.warn(f"fit: resuming step {step} of {checkpointer.directory} with {listed}", stacklevel=stacklevel + 1)
+
+
+def resume(checkpointer: Checkpointer, start: RunState, *, key_given: bool, steps: int,
+           check_run: bool = True, stacklevel: int = 2) -> RunState:  # fmt: skip
+    """The run restored from ``checkpointer``'s newest intact checkpoint, or ``start`` when it
+    has none.
+
+    A damaged checkpoint (module docstring) is skipped with a warning naming it; the newest intact
+    one is restored. The checkpoint's key wins over ``start.key`` (the data order and dropout keys
+    derive from it), with a warning when a key was given explicitly and differs.
 
     Args:
-      checkpointer: the run's checkpoint directory.
+      checkpointer: the run's checkpoint directory (its ``run``: this run's specification).
       start: a fresh run: its params and optimizer state are the templates to restore into.
       key_given: whether the caller chose ``start.key`` (rather than the default key).
       steps: the total number of steps asked for (a warning when the checkpoint is past it).
+      check_run: refuse a checkpoint of another run (True), or warn and resume it (False).
       stacklevel: for the warnings, as ``warnings.warn`` would count it in the caller (2: the
         caller's caller).
 
@@ -233,23 +326,52 @@ def resume(checkpointer: Checkpointer, start: RunState, *, key_given: bool, step
       The restored ``RunState``, or ``start``.
 
     Raises:
-      ValueError: the checkpoint does not match the structure of the templates.
+      ValueError: the checkpoint is of another structure, of another run (``check_run``), or
+        every checkpoint in the directory is damaged.
     """
-    latest = checkpointer.latest_step()
-    if latest is None:
+    found = checkpointer.all_steps()
+    if not found:
         return start
-    try:
-        params, opt_state, saved_key, meta = checkpointer.restore(
-            latest, start.params, start.opt_state, start.key
-        )
-    except (ValueError, TypeError, KeyError) as err:
+    like = {"params": start.params, "opt_state": start.opt_state}
+    damaged: list[str] = []
+    restored = None
+    for step in found:
+        try:
+            meta = checkpointer.meta(step)
+        except Exception as err:  # noqa: BLE001 - unreadable JSON or files: damaged
+            damaged.append(f"step {step} ({_short(err)})")
+            continue
+        _check_same_run(checkpointer, step, meta, like, check_run, stacklevel + 1)
+        try:
+            restored = checkpointer.restore(step, start.params, start.opt_state, start.key)
+        except Damaged as err:
+            damaged.append(f"step {step} ({err})")
+            continue
+        except Exception as err:  # noqa: BLE001 - classified below
+            if meta.get("structure") is None:  # an older checkpoint: damage and mismatch look alike
+                raise ValueError(
+                    f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {step}) that "
+                    "cannot be restored into these params and this optimizer's state (another model "
+                    f"or optimizer, or damaged files); use another directory ({_short(err)})"
+                ) from err
+            damaged.append(f"step {step} ({_short(err)})")
+            continue
+        break
+    if restored is None:
         raise ValueError(
-            f"checkpoint_dir {checkpointer.directory!r} holds a checkpoint (step {latest}) that does "
-            f"not match these params and this optimizer's state; use another directory "
-            f"or the same model and optimizer "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:300]})"
-        ) from err
+            f"checkpoint_dir {checkpointer.directory!r}: every checkpoint is damaged and none can be "
+            f"resumed: {'; '.join(damaged)}. Use another directory, or delete the damaged steps "
+            "to start over"
+        )
+    params, opt_state, saved_key, meta = restored
     step = int(meta["step"])
+    if damaged:
+        moved = [checkpointer.set_aside(s) for s in found if s > step]
+        warnings.warn(
+            f"fit: damaged checkpoint in {checkpointer.directory}: {'; '.join(damaged)}; resuming "
+            f"from step {step}, the newest intact one (the damaged steps were moved to "
+            f"{', '.join(moved)})", stacklevel=stacklevel + 1,
+        )  # fmt: skip
     if key_given and not same_key(saved_key, start.key):
         warnings.warn(
             f"fit: resuming from {checkpointer.directory} at step {step} with the "
@@ -278,6 +400,7 @@ def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | st
 
     Raises:
       ValueError: no such checkpoint (``"best"`` without ``keep_best``, a step not kept).
+      Damaged: (a ``ValueError``) the arrays read back do not match the checksums saved with them.
     """
     import orbax.checkpoint as ocp
 
@@ -310,8 +433,10 @@ def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | st
         key_like = np.zeros((2,), np.uint32)
         like = {"params": params, "opt_state": opt_state, "key": key_like}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        restored = manager.restore(int(chosen), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        restored = manager.restore(int(chosen), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))  # fmt: skip
     finally:
         manager.close()
     state = restored["state"]
+    verify(int(chosen), {"params": state["params"], "opt_state": state["opt_state"]}, restored["meta"])
     return state["params"], state["opt_state"], int(chosen)

@@ -58,7 +58,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import optax
 
-from jrnn._checks import check_int, check_key, fail
+from jrnn._checks import check_bool, check_int, check_key, fail
 from jrnn.train._deprecated import NOT_GIVEN, check_clip_norm_agrees, pop_clip_norm, warn_clip_norm
 from jrnn.train.checkpoint import Checkpointer, RunState, check_checkpoint_dir, resume
 from jrnn.train.data import DataParallel, Minibatches
@@ -66,6 +66,7 @@ from jrnn.train.evaluation import Evaluator
 from jrnn.train.log import RunLog, new_history, pack, unpack
 from jrnn.train.objective import ModelObjective, as_objective, check_metrics
 from jrnn.train.progress import Progress
+from jrnn.train.runspec import run_spec
 from jrnn.train.step import METRICS, Backward, build_step, check_optimizer, check_train_truncation
 from jrnn.train.stopping import EarlyStopping, best, check_early_stopping, check_keep_best
 
@@ -238,6 +239,7 @@ def fit(
     keep_best: bool | str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
+    resume_check: bool = True,
     log_path: str | os.PathLike | None = None,
     log_every: int = 10,
     progress: bool = True,
@@ -288,6 +290,12 @@ def fit(
         key and history included). A directory holding an integer-named entry that is not a
         checkpoint is refused (a ``ValueError``): orbax would take it for a step.
       checkpoint_every: steps between checkpoints.
+      resume_check: resuming a checkpoint written by another run (another learning rate or
+        optimizer, batch size, truncation, shuffle, loss, backward, model, params dtype or data
+        set: ``jrnn.train.runspec``) is refused with a ``ValueError`` naming what differs (True,
+        the default), or done with a warning that names it (False). A checkpoint of another
+        structure (model or optimizer state) is always refused. A damaged newest checkpoint is
+        skipped with a warning, and the run resumes from the newest intact one.
       log_path: a file to append JSON lines of metrics to (``jrnn.train.log``).
       log_every: steps between reads of the metrics from the device (module docstring).
       progress: show a progress bar (tqdm, on stderr) with the loss and steps per second.
@@ -322,6 +330,7 @@ def fit(
     checkpoint_every = check_int("checkpoint_every", checkpoint_every)
     log_every = check_int("log_every", log_every)
     streak_limit = check_int("max_consecutive_nonfinite", max_consecutive_nonfinite)
+    resume_check = check_bool("resume_check", resume_check)
     stopping = check_early_stopping(early_stopping, metrics)
     best_rule = check_keep_best(keep_best, stopping, metrics)
     if eval_data is None and (stopping is not None or best_rule is not None):
@@ -359,8 +368,10 @@ def fit(
         run = RunState(params, opt_state, key, 0, new_history(metrics))
         checkpointer = None
         if checkpoint_dir is not None:
-            checkpointer = stack.enter_context(Checkpointer(checkpoint_dir, best=best_rule))
-            run = resume(checkpointer, run, key_given=key_given, steps=steps, stacklevel=3)
+            spec = run_spec(objective, optimizer, params, batches, truncation)
+            checkpointer = stack.enter_context(Checkpointer(checkpoint_dir, best=best_rule, run=spec))
+            run = resume(checkpointer, run, key_given=key_given, steps=steps, check_run=resume_check,
+                         stacklevel=3)  # fmt: skip
         k_data, k_dropout = jax.random.split(run.key)
         batches.set_key(k_data)
         train_step = _fit_step(objective, optimizer, truncation, metrics)
