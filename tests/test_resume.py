@@ -164,3 +164,40 @@ def test_the_same_run_resumes_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         more = fit(model, params, optax.adam(1e-2), data, checkpoint_dir=tmp_path, **RUN)
     assert more.step == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# The directory: one fit at a time, writable up front
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_second_fit_on_a_directory_in_use_is_refused_before_it_writes(tmp_path):
+    from jrnn.train.checkpoint import Checkpointer
+
+    model, params, data = setup()
+    with Checkpointer(tmp_path):  # another run holds the directory
+        with pytest.raises(ValueError, match=r"checkpoint_dir must be a directory no other fit is writing to, .*in use by process"):
+            fit(model, params, optax.adam(1e-2), data, checkpoint_dir=tmp_path, **RUN)
+        assert not [p for p in os.listdir(tmp_path) if p[0].isdigit()]
+    done = fit(model, params, optax.adam(1e-2), data, checkpoint_dir=tmp_path, **RUN)  # released
+    assert done.step == 6
+
+
+def _read_only_dir(tmp_path) -> str:
+    path = tmp_path / "ro"
+    path.mkdir()
+    path.chmod(0o555)
+    try:
+        (path / "probe").write_text("")
+    except OSError:
+        return str(path / "ck")
+    if os.path.isdir("/sys"):  # as root every directory is writable, but sysfs is not
+        return "/sys/jrnn-checkpoints"
+    pytest.skip("no read-only directory at hand")
+
+
+def test_a_read_only_checkpoint_dir_is_refused_before_any_training(tmp_path):
+    model, params, data = setup()
+    directory = _read_only_dir(tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint_dir must be a directory this process can write checkpoints to"):
+        fit(model, params, optax.adam(1e-2), data, checkpoint_dir=directory, **RUN)

@@ -108,6 +108,42 @@ def _quiet_absl():
         logger.setLevel(level)
 
 
+LOCK_FILE = ".jrnn-fit.lock"
+
+
+def _lock(directory: str):
+    """Create ``directory`` if needed and take its lock file (an open file holding an exclusive
+    ``flock``, released when it is closed or the process ends, even by SIGKILL): a
+    ``ValueError`` when the directory cannot be written or another process's ``fit`` holds it.
+    None for a URL, in a multi-process run (every process opens the directory) and where
+    ``fcntl`` does not exist."""
+    if "://" in directory or jax.process_count() > 1:
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle = open(os.path.join(directory, LOCK_FILE), "a+")
+    except OSError as err:
+        fail("checkpoint_dir", "a directory this process can write checkpoints to",
+             f"{directory!r} ({err.strerror or err})")  # fmt: skip
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        fail("checkpoint_dir", "a directory no other fit is writing to",
+             f"{directory!r}, in use by {holder}: wait for it to end, or use another directory")  # fmt: skip
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 class Damaged(ValueError):
     """A checkpoint that cannot be read back whole."""
 
@@ -136,6 +172,7 @@ class Checkpointer:
         self.directory = check_checkpoint_dir(directory)
         self.best = best
         self.run = run
+        self._lock = _lock(self.directory)
         if best is None:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
@@ -253,8 +290,13 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for the last save to finish and release the directory."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the lock
+                self._lock = None
 
     def __enter__(self) -> "Checkpointer":
         return self

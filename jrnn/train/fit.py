@@ -288,7 +288,9 @@ def fit(
       checkpoint_dir: where to save checkpoints every ``checkpoint_every`` steps and at the end
         (the 3 latest are kept); if it already holds one, training resumes from the latest (its
         key and history included). A directory holding an integer-named entry that is not a
-        checkpoint is refused (a ``ValueError``): orbax would take it for a step.
+        checkpoint is refused (a ``ValueError``): orbax would take it for a step. The directory
+        is created and locked up front (a ``ValueError`` when it cannot be written, or while
+        another process's ``fit`` holds it).
       checkpoint_every: steps between checkpoints.
       resume_check: resuming a checkpoint written by another run (another learning rate or
         optimizer, batch size, truncation, shuffle, loss, backward, model, params dtype or data
