@@ -219,11 +219,56 @@ def _write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+OUTPUT_FILES = ("log.jsonl", "metrics.json", "loss_curve.png", "predictions.png")
+OUTPUT_MARKER = ".jrnn-output"
+"""Written into every ``--out`` folder: its ``OUTPUT_FILES`` are a run's, and the next run may
+replace them."""
+
+
+def _prepare_out(out: str, command: str) -> None:
+    """Create ``--out``, refusing (exit 2) a folder that holds files of ours by name that no jrnn
+    run wrote (a user's own ``log.jsonl`` or ``metrics.json`` would be replaced)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"jrnn {command}: error: --out must be a directory, got {out!r}, an existing file")
+    if os.path.isdir(out) and not os.path.exists(os.path.join(out, OUTPUT_MARKER)):
+        theirs = [name for name in OUTPUT_FILES if os.path.exists(os.path.join(out, name))]
+        if theirs:
+            raise SystemExit(
+                f"jrnn {command}: error: --out {out!r} holds {', '.join(theirs)}, not written by a "
+                f"jrnn run, which this run would replace; choose another --out or move them away"
+            )
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, OUTPUT_MARKER), "w") as f:
+            f.write("This folder holds the output of a jrnn demo or jrnn train run; the next run "
+                    "with this --out replaces it.\n")
+    except OSError as err:
+        raise SystemExit(f"jrnn {command}: error: --out {out!r} cannot be written ({err.strerror or err})") from err
+
+
+def _holds_checkpoint(checkpoint_dir: str | None) -> bool:
+    """Whether ``checkpoint_dir`` holds a checkpoint that ``fit`` will resume."""
+    from jrnn.train.checkpoint import _STEP_MARKER
+
+    if checkpoint_dir is None or not os.path.isdir(checkpoint_dir):
+        return False
+    return any(name.isdigit() and os.path.isfile(os.path.join(checkpoint_dir, name, _STEP_MARKER))
+               for name in os.listdir(checkpoint_dir))  # fmt: skip
+
+
 def _fresh_log(out: str, resume: bool) -> str:
     path = os.path.join(out, "log.jsonl")
     if not resume and os.path.exists(path):
         os.remove(path)  # a new run starts a new log; a resumed one is trimmed and extended by fit
     return path
+
+
+def _interrupted(command: str, err) -> int:
+    """The one line for Ctrl-C during ``fit``; exit status 130 (as a shell reports SIGINT)."""
+    where = (f"; checkpoint saved in {err.checkpoint_dir}: run the same command to resume"
+             if err.checkpoint_dir else " (no --checkpoint-dir: nothing saved)")  # fmt: skip
+    print(f"jrnn {command}: interrupted after step {err.result.step}{where}", file=sys.stderr)
+    return 130
 
 
 def _step_counts(history: dict) -> dict:
@@ -271,9 +316,9 @@ def run_demo(args) -> int:
     import jrnn
     from jrnn import datasets, tasks
     from jrnn.optim import make_optimizer
-    from jrnn.train import fit
+    from jrnn.train import FitInterrupted, fit
 
-    os.makedirs(args.out, exist_ok=True)
+    _prepare_out(args.out, "demo")
     k_series, k_init, k_fit = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     series = np.asarray(tasks.sine_series(k_series, args.series_length))
     train, val = datasets.windows(series, DEMO["window"], val_fraction=0.2)
@@ -283,11 +328,14 @@ def run_demo(args) -> int:
     params = jax.jit(model.init, static_argnums=1)(k_init, 1)
     optimizer = make_optimizer("adagrad", DEMO["lr"], schedule="cosine",
                                decay_steps=args.steps)
-    result = fit(
-        model, params, optimizer, train, steps=args.steps, batch_size=min(args.batch_size, len(train[0])),
-        eval_data=val, eval_every=max(1, args.steps // 6), log_path=_fresh_log(args.out, False),
-        progress=not args.no_progress, key=k_fit,
-    )
+    try:
+        result = fit(
+            model, params, optimizer, train, steps=args.steps, batch_size=min(args.batch_size, len(train[0])),
+            eval_data=val, eval_every=max(1, args.steps // 6), log_path=_fresh_log(args.out, False),
+            progress=not args.no_progress, key=k_fit,
+        )
+    except FitInterrupted as err:
+        return _interrupted("demo", err)
     train_mse = _evaluate(model, result.params, train, "mse")["loss"]
     val_mse = _evaluate(model, result.params, val, "mse")["loss"]
     preds = np.asarray(jax.jit(lambda p, x: model.apply(p, x)[0])(result.params, val[0]))[:, -1, 0]
@@ -395,6 +443,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint-dir", default=None,
         help="save orbax checkpoints here and resume from the latest one if present (default: none)")
     add("--checkpoint-every", type=POSITIVE_INT, default=100, help="steps between checkpoints (default: 100)")
+    add("--no-resume-check", action="store_true",
+        help="resume a checkpoint even when it was written with other settings (learning rate, batch "
+             "size, data, ...); by default that is an error naming what differs")
     add("--eval-every", type=POSITIVE_INT, default=100, help="steps between validation evaluations (default: 100)")
     add("--seed", type=NONNEGATIVE_INT, default=0, help="random seed for data, initialization and order (default: 0)")
     add("--out", default="jrnn-train", metavar="DIR", help="output directory (default: ./jrnn-train)")
@@ -436,7 +487,7 @@ def run_train(args) -> int:
 
     import jrnn
     from jrnn.optim import make_optimizer
-    from jrnn.train import fit
+    from jrnn.train import FitInterrupted, fit
 
     metrics = tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip())
     stopping = _early_stopping(args.early_stopping)
@@ -451,19 +502,27 @@ def run_train(args) -> int:
             f"temporal_order, digits, sunspots, aapl); --task {args.task} scores every step"
         )
 
+    _prepare_out(args.out, "train")
+    resuming = _holds_checkpoint(args.checkpoint_dir)  # the log of a new run starts empty
     model = _train_model(jrnn, args, problem.output_size, num_steps=int(np.shape(problem.val[0])[1]))
     params = jax.jit(model.init, static_argnums=1, static_argnames="init")(k_init, problem.input_size, init=args.init)
     clip = args.clip if args.clip and args.clip > 0 else None
     optimizer = make_optimizer(args.optimizer, args.lr, clip_norm=clip)  # clip once: fit reads it here
-    os.makedirs(args.out, exist_ok=True)
-    result = fit(
-        model, params, optimizer, problem.train, steps=args.steps, loss=problem.loss,
-        truncation=args.truncation, backward=args.backward, batch_size=problem.batch_size,
-        eval_data=problem.val, eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every, metrics=metrics, early_stopping=stopping,
-        log_path=_fresh_log(args.out, args.checkpoint_dir is not None),
-        progress=not args.no_progress, key=k_fit,
-    )
+    try:
+        result = fit(
+            model, params, optimizer, problem.train, steps=args.steps, loss=problem.loss,
+            truncation=args.truncation, backward=args.backward, batch_size=problem.batch_size,
+            eval_data=problem.val, eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every, resume_check=not args.no_resume_check,
+            metrics=metrics, early_stopping=stopping,
+            log_path=_fresh_log(args.out, resuming), progress=not args.no_progress, key=k_fit,
+        )
+    except FitInterrupted as err:
+        return _interrupted("train", err)
+    except ValueError as err:  # the checkpoint directory's (in use, another run, damaged): one line
+        if "checkpoint_dir" not in str(err):
+            raise
+        raise SystemExit(f"jrnn train: error: --{str(err).replace('_', '-', 1).replace('resume_check=False', '--no-resume-check')}") from err
     train_scores = _evaluate(model, result.params, problem.train_eval, problem.loss, metrics)
     val_scores = _evaluate(model, result.params, problem.val, problem.loss, metrics)
     wall = time.perf_counter() - t0

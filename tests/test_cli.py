@@ -182,3 +182,80 @@ def test_metrics_json_is_strict_json_after_a_diverged_run(tmp_path):
     data = json.loads(path.read_text(), parse_constant=refuse)
     assert data == {"loss": None, "history": [1.0, None, 2.5], "steps": 3, "curve": [0.5, None], "ok": True}
 
+
+
+TRAIN_SMALL = ["train", "--task", "adding", "--cell", "gru", "--hidden", "4", "--batch-size", "4",
+               "--seq-len", "6", "--eval-every", "2", "--no-progress"]
+
+
+def test_a_new_checkpoint_dir_starts_a_new_log_in_an_old_out(tmp_path, capsys):
+    """--out D --checkpoint-dir NEW used to append to the earlier run's D/log.jsonl."""
+    out = tmp_path / "out"
+    assert cli.main(TRAIN_SMALL + ["--steps", "3", "--out", str(out), "--checkpoint-dir", str(tmp_path / "a")]) == 0
+    assert cli.main(TRAIN_SMALL + ["--steps", "2", "--out", str(out), "--checkpoint-dir", str(tmp_path / "b")]) == 0
+    assert [r["step"] for r in _json_lines(out / "log.jsonl") if "loss" in r] == [1, 2]
+    # the same checkpoint dir again resumes, and the log goes on
+    assert cli.main(TRAIN_SMALL + ["--steps", "4", "--out", str(out), "--checkpoint-dir", str(tmp_path / "b")]) == 0
+    assert [r["step"] for r in _json_lines(out / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_out_holding_a_users_files_is_refused_and_left_alone(tmp_path, command):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "log.jsonl").write_text("my own log\n")
+    (out / "metrics.json").write_text("{}\n")
+    args = ["demo", "--steps", "2", "--hidden", "4", "--series-length", "200", "--no-progress"] \
+        if command == "demo" else TRAIN_SMALL + ["--steps", "2"]
+    with pytest.raises(SystemExit, match=r"--out .* holds log.jsonl, metrics.json, not written by a jrnn run"):
+        cli.main(args + ["--out", str(out)])
+    assert (out / "log.jsonl").read_text() == "my own log\n" and (out / "metrics.json").read_text() == "{}\n"
+    # a folder of a jrnn run is replaced by the next run
+    assert cli.main(args + ["--out", str(tmp_path / "run")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "run")]) == 0
+
+
+def test_train_with_other_settings_on_a_checkpoint_is_refused_unless_asked(tmp_path):
+    base = TRAIN_SMALL + ["--out", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ck")]
+    assert cli.main(base + ["--steps", "2", "--lr", "0.01"]) == 0
+    with pytest.raises(SystemExit, match="jrnn train: error: --checkpoint-dir .*another run.*the optimizer.*--no-resume-check"):
+        cli.main(base + ["--steps", "3", "--lr", "0.02"])
+    with pytest.warns(UserWarning, match="the optimizer"):
+        assert cli.main(base + ["--steps", "3", "--lr", "0.02", "--no-resume-check"]) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_saves_a_checkpoint_and_exits_with_one_line(tmp_path):
+    import os
+    import signal
+    import time
+
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    args = [sys.executable, "-m", "jrnn.cli"] + TRAIN_SMALL + [
+        "--steps", "1000000", "--checkpoint-every", "1000000", "--out", str(out), "--checkpoint-dir", str(ck)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            log = out / "log.jsonl"
+            if log.exists() and len(log.read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    step = int(last.split("interrupted after step ")[1].split(";")[0])
+    assert step >= 10 and f"checkpoint saved in {ck}" in last
+    assert (ck / str(step)).is_dir()
+    # the same command resumes from there
+    again = subprocess.run(args[:-8] + ["--steps", str(step + 2), "--checkpoint-every", "1000000", "--out", str(out),
+                                        "--checkpoint-dir", str(ck)], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "metrics.json").read_text())["steps"] == step + 2

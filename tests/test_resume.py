@@ -201,3 +201,42 @@ def test_a_read_only_checkpoint_dir_is_refused_before_any_training(tmp_path):
     directory = _read_only_dir(tmp_path)
     with pytest.raises(ValueError, match=r"checkpoint_dir must be a directory this process can write checkpoints to"):
         fit(model, params, optax.adam(1e-2), data, checkpoint_dir=directory, **RUN)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_after_the_step_saves_it_and_the_run_resumes_bit_for_bit(tmp_path):
+    import signal
+
+    from jrnn.train import FitInterrupted
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by the test runner here")
+    model, params, data = setup()
+    xs, targets = data
+
+    def batches(key, step):  # the data of step 3 is drawn, then Ctrl-C arrives
+        if step == 3 and interrupt[0]:
+            interrupt[0] = False
+            os.kill(os.getpid(), signal.SIGINT)
+        return xs, targets
+
+    run = dict(steps=8, checkpoint_every=100, progress=False, key=jax.random.PRNGKey(3))
+    interrupt = [False]
+    whole = fit(model, params, optax.adam(1e-2), batches, **run)
+    interrupt[0] = True
+    with pytest.raises(FitInterrupted, match="after step 4; checkpoint of step 4 saved") as caught:
+        fit(model, params, optax.adam(1e-2), batches, checkpoint_dir=tmp_path, **run)
+    assert caught.value.result.step == 4 and len(caught.value.result.history["train"]["loss"]) == 4
+    assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["4"]
+    resumed = fit(model, params, optax.adam(1e-2), batches, checkpoint_dir=tmp_path, **run)
+    assert leaves_equal((resumed.params, resumed.opt_state), (whole.params, whole.opt_state))
+    # without a checkpoint_dir the run so far comes with the exception
+    interrupt[0] = True
+    with pytest.raises(FitInterrupted) as caught:
+        fit(model, params, optax.adam(1e-2), batches, **run)
+    assert caught.value.checkpoint_dir is None and caught.value.result.step == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

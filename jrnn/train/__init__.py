@@ -2,7 +2,8 @@
 parallelism, for a ``jrnn.RNN`` with a loss name or any loss function over any params pytree.
 
 - ``make_train_step`` (``jrnn.train.step``): one jitted update with its metrics.
-- ``fit`` and ``FitResult`` (``jrnn.train.fit``): a short loop over the pieces below.
+- ``fit``, ``FitResult`` and ``FitInterrupted`` (``jrnn.train.fit``): a short loop over the
+  pieces below.
 - ``evaluate`` and ``predict`` (``jrnn.train.evaluation``): the loss and ``jrnn.metrics`` over a
   data set, and outputs over a data set, batched.
 - ``EarlyStopping`` (``jrnn.train.stopping``): patience on an evaluation metric.
@@ -14,7 +15,7 @@ parallelism, for a ``jrnn.RNN`` with a loss name or any loss function over any p
 
 from jrnn.train.checkpoint import restore
 from jrnn.train.evaluation import evaluate, predict
-from jrnn.train.fit import FitResult, fit
+from jrnn.train.fit import FitInterrupted, FitResult, fit
 from jrnn.train.log import new_history
 from jrnn.train.objective import TARGET_RANKS
 from jrnn.train.step import METRICS, make_train_step
@@ -24,6 +25,7 @@ __all__ = [
     "METRICS",
     "TARGET_RANKS",
     "EarlyStopping",
+    "FitInterrupted",
     "FitResult",
     "evaluate",
     "fit",

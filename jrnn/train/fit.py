@@ -52,6 +52,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -70,7 +72,7 @@ from jrnn.train.runspec import run_spec
 from jrnn.train.step import METRICS, Backward, build_step, check_optimizer, check_train_truncation
 from jrnn.train.stopping import EarlyStopping, best, check_early_stopping, check_keep_best
 
-__all__ = ["FitResult", "fit", "new_history"]
+__all__ = ["FitInterrupted", "FitResult", "fit", "new_history"]
 
 
 class FitResult(NamedTuple):
@@ -87,6 +89,44 @@ class FitResult(NamedTuple):
     timing: dict | None = None
     best: dict | None = None
     stopped_early: bool = False
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped ``fit`` between two steps. ``result`` is the run so far (a
+    ``FitResult``); with a ``checkpoint_dir`` its last step was saved there (``checkpoint_dir``
+    is then that directory), so calling ``fit`` again resumes it."""
+
+    def __init__(self, result: "FitResult", checkpoint_dir: str | None):
+        self.result = result
+        self.checkpoint_dir = checkpoint_dir
+        where = f"; checkpoint of step {result.step} saved in {checkpoint_dir}" if checkpoint_dir else ""
+        super().__init__(f"fit interrupted after step {result.step}{where}")
+
+
+class Interrupts:
+    """While open in the main thread with Python's default SIGINT handler, a first Ctrl-C only
+    asks the loop to stop after the step it is running (``requested``); a second one interrupts
+    at once, as usual. Elsewhere (another thread, a handler of the caller's own) it does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # fmt: skip
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 @functools.lru_cache(maxsize=16)
@@ -319,6 +359,9 @@ def fit(
     Raises:
       TypeError, ValueError: bad arguments, before any compilation or checkpoint I/O.
       FloatingPointError: ``max_consecutive_nonfinite`` non-finite steps in a row.
+      FitInterrupted: (a ``KeyboardInterrupt``) Ctrl-C: the run stops after the step it is
+        running, saves a checkpoint of it (with ``checkpoint_dir``) and raises this with the run
+        so far (``.result``); a second Ctrl-C interrupts at once.
     """
     clip_norm = pop_clip_norm(deprecated, "fit")
     objective = as_objective(model_or_loss_fn, loss, backward)
@@ -385,8 +428,11 @@ def fit(
 
         params, opt_state = run.params, run.opt_state
         stopped = stopping is not None and stopping.should_stop(run.history, metrics)
-        done = run.step
+        done = saved = run.step
+        interrupts = stack.enter_context(Interrupts())
         for s in range(run.step, 0 if stopped else steps):
+            if interrupts.requested:
+                break
             batch = parallel.feed(batches.batch(s))
             params, opt_state, packed = train_step(params, opt_state, batch, *((k_dropout, s) if uses_key else ()))
             done = s + 1
@@ -406,12 +452,16 @@ def fit(
                 pending.flush()
                 t0, c0 = time.perf_counter(), clock.seconds
                 checkpointer.save(done, params, opt_state, run.key, run.history, metrics=scores)
+                saved = done
                 checkpoint_s += time.perf_counter() - t0 - (clock.seconds - c0)
             if stopped:
                 break
             if done % log_every == 0:
                 pending.flush(keep_last=True)
         pending.flush()
+        interrupted = interrupts.requested and not stopped and done < steps
+        if interrupted and checkpointer is not None and saved != done:
+            checkpointer.save(done, params, opt_state, run.key, run.history)
         jax.block_until_ready((params, opt_state))
         compile_s = clock.seconds
     wall = time.perf_counter() - t_start
@@ -425,5 +475,8 @@ def fit(
         "steps": ran,
         "step_s": train_s / ran if ran else None,
     }
-    last = done if stopped else max(run.step, steps)
-    return FitResult(params, opt_state, last, run.history, timing, best(run.history, *watched), stopped)
+    last = done if stopped or interrupted else max(run.step, steps)
+    result = FitResult(params, opt_state, last, run.history, timing, best(run.history, *watched), stopped)
+    if interrupted:
+        raise FitInterrupted(result, checkpointer.directory if checkpointer is not None else None)
+    return result
