@@ -28,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
+LOCAL_OUT = DEFAULT_OUT / "local"
+"""Where the runner writes without ``--out`` or ``--update-results``: not committed."""
 
 
 # --------------------------------------------------------------------------------------------

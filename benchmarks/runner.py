@@ -2,7 +2,7 @@
 
 ::
 
-    python -m benchmarks [--quick] [--only speed,memory,...] [--out DIR]   # from the checkout root
+    python -m benchmarks [--quick] [--only speed,memory,...] [--out DIR | --update-results]   # from the checkout root
     jrnn bench ...            # the same, from a source checkout (an editable install of jrnn)
 
 Each benchmark answers one question (``BENCHMARKS``) and writes ``NAME.json`` (device, versions,
@@ -10,7 +10,9 @@ shapes, every timing, ratios), ``NAME.md`` (tables) and ``NAME*.png`` (plots) un
 runner adds ``summary.md`` (the tables of every benchmark in the folder, the latest run of each,
 with its date, device and command; ``--only`` refreshes some and keeps the others) and
 ``index.json`` (what this run ran and what failed; ``runs``: the latest run of each). ``--quick``
-runs tiny sizes in a few minutes at most: a smoke test, not a measurement.
+runs tiny sizes in a few minutes at most: a smoke test, not a measurement. Without ``--out`` the
+results go to ``benchmarks/results/local`` (``results/quick`` with ``--quick``), not committed;
+only ``--update-results`` writes into the committed ``benchmarks/results``.
 
 ``configure_parser(parser)`` adds the options to an ``argparse`` parser and ``run(args)`` runs
 them, returning an exit status.
@@ -52,14 +54,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--out", type=Path, default=None,
-        help="output directory (default: benchmarks/results, or benchmarks/results/quick with --quick)",
+        help="output directory (default: benchmarks/results/local, or benchmarks/results/quick with "
+             "--quick; neither is committed)",
+    )
+    parser.add_argument(
+        "--update-results", action="store_true",
+        help="write into the committed benchmarks/results (the measurements benchmarks/README.md "
+             "quotes) instead of benchmarks/results/local",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def _selected(only: str | None) -> list[str]:
-    if not only:
+    if only is None:
         return list(BENCHMARKS)
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -83,6 +91,20 @@ def _run_each(names: list[str], out: Path, args: argparse.Namespace) -> dict:
     return status
 
 
+def _out_dir(args: argparse.Namespace) -> Path | None:
+    """Where the results go (module docstring); None (after saying why) for conflicting options."""
+    update = getattr(args, "update_results", False)
+    if update and (args.out is not None or args.quick):
+        print(f"{PROG}: --update-results writes the committed benchmarks/results; it takes neither "
+              "--out nor --quick", file=sys.stderr)  # fmt: skip
+        return None
+    if args.out is not None:
+        return Path(args.out)
+    if update:
+        return common.DEFAULT_OUT
+    return common.DEFAULT_OUT / "quick" if args.quick else common.LOCAL_OUT
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmarks ``args`` selects; 0 when all of them ran, 1 otherwise, 2 for bad options."""
     try:
@@ -90,12 +112,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out is not None else common.DEFAULT_OUT
-    if args.out is None and args.quick:
-        out = out / "quick"  # a smoke test never overwrites the committed measurements
+    out = _out_dir(args)
+    if out is None:
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     command = PROG + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") + (
-        f" --out {args.out}" if args.out is not None else "")
+        f" --out {args.out}" if args.out is not None else "") + (
+        " --update-results" if getattr(args, "update_results", False) else "")
     argv = sys.argv
     sys.argv = command.split()  # what common.environment() records as "command" in every result
     try:

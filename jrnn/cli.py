@@ -620,8 +620,10 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help=f"comma-separated benchmarks to run (default: all): {', '.join(_BENCH_NAMES)}")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output directory (default: benchmarks/results, or benchmarks/results/quick "
-                             "with --quick)")
+                        help="output directory (default: benchmarks/results/local, or "
+                             "benchmarks/results/quick with --quick; neither is committed)")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write into the committed benchmarks/results instead")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -641,6 +643,8 @@ def run_bench(args) -> int:
         argv += ["--only", args.only]
     if args.out is not None:
         argv += ["--out", os.path.abspath(args.out)]  # relative to where jrnn bench was called
+    if args.update_results:
+        argv.append("--update-results")
     if args.no_progress:
         argv.append("--no-progress")
     return subprocess.run(argv, cwd=root).returncode

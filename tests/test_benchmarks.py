@@ -299,3 +299,17 @@ def test_parallel_benchmark_times_every_method_and_reports_iterations(tmp_path, 
     text = (tmp_path / "parallel.md").read_text()
     assert text.startswith("## Parallel in time") and "| 2 | 50 |" in text
     assert (tmp_path / "parallel.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_only_the_explicit_flag_writes_the_committed_results(capsys):
+    """``jrnn bench --only ""`` used to run the whole suite into the committed benchmarks/results."""
+    parser = runner.configure_parser(__import__("argparse").ArgumentParser())
+    out = lambda *argv: runner._out_dir(parser.parse_args(list(argv)))  # noqa: E731
+    assert out() == common.LOCAL_OUT != common.DEFAULT_OUT
+    assert out("--quick") == common.DEFAULT_OUT / "quick"
+    assert out("--update-results") == common.DEFAULT_OUT
+    assert out("--out", "x") == Path("x")
+    assert out("--update-results", "--out", "x") is None and "--update-results" in capsys.readouterr().err
+    assert runner.run(parser.parse_args(["--only", ""])) == 2
+    assert "--only must name benchmarks" in capsys.readouterr().err
+    assert cli.main(["bench", "--only", ""]) == 2
