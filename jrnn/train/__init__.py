@@ -9,11 +9,12 @@ parallelism, for a ``jrnn.RNN`` with a loss name or any loss function over any p
 - ``EarlyStopping`` (``jrnn.train.stopping``): patience on an evaluation metric.
 - ``jrnn.train.objective``: a model with a loss name or a loss function, and what ``aux`` holds;
   ``jrnn.train.data``: the minibatch order and the device mesh; ``jrnn.train.log``: the history
-  and the JSON-lines log; ``jrnn.train.checkpoint``: orbax checkpoints, resume and ``restore``;
+  and the JSON-lines log; ``jrnn.train.checkpoint``: orbax checkpoints, resume, ``restore`` and ``Damaged``;
+  ``jrnn.train.runspec``: what a checkpoint records of its run;
   ``jrnn.train.progress``: the bar.
 """
 
-from jrnn.train.checkpoint import restore
+from jrnn.train.checkpoint import Damaged, restore
 from jrnn.train.evaluation import evaluate, predict
 from jrnn.train.fit import FitInterrupted, FitResult, fit
 from jrnn.train.log import new_history
@@ -24,6 +25,7 @@ from jrnn.train.stopping import EarlyStopping
 __all__ = [
     "METRICS",
     "TARGET_RANKS",
+    "Damaged",
     "EarlyStopping",
     "FitInterrupted",
     "FitResult",
