@@ -97,15 +97,18 @@ def same_key(a, b) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_absl():
-    """Hide absl's (orbax's) warnings for the duration."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_absl(*others: str, level: int = logging.ERROR):
+    """Hide absl's (orbax's) warnings, and the records below ``level`` of the ``others`` loggers,
+    for the duration."""
+    loggers = [logging.getLogger(name) for name in ("absl", *others)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, old in zip(loggers, levels):
+            logger.setLevel(old)
 
 
 LOCK_FILE = ".jrnn-fit.lock"
@@ -385,7 +388,9 @@ def resume(checkpointer: Checkpointer, start: RunState, *, key_given: bool, step
             continue
         _check_same_run(checkpointer, step, meta, like, check_run, stacklevel + 1)
         try:
-            restored = checkpointer.restore(step, start.params, start.opt_state, start.key)
+            # a damaged step makes orbax's reading tasks log their failures: the warning below says it
+            with _quiet_absl("asyncio", level=logging.CRITICAL):
+                restored = checkpointer.restore(step, start.params, start.opt_state, start.key)
         except Damaged as err:
             damaged.append(f"step {step} ({err})")
             continue
