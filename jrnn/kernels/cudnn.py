@@ -93,11 +93,11 @@ IMPLEMENTATION = {"lstm": cudnn_lstm, "needs_gpu": True}
 def check_cudnn(cell, dtype, lengths, remat: bool) -> None:
     """ValueError unless cuDNN can run this layer (module docstring)."""
     check_common("cudnn", cell, lengths, remat, (LSTMCell,))
+    if IMPLEMENTATION["needs_gpu"] and not on_gpu():
+        fail("backward='cudnn'", "run on a CUDA GPU (cuDNN needs a GPU)", f"JAX backend {jax.default_backend()!r}")
     if jnp.dtype(dtype) != jnp.float32:
         fail("the dtype for backward='cudnn'", "float32 (jax.experimental.rnn's cuDNN LSTM has no other)",
              jnp.dtype(dtype).name)  # fmt: skip
-    if IMPLEMENTATION["needs_gpu"] and not on_gpu():
-        fail("backward='cudnn'", "run on a CUDA GPU (cuDNN needs a GPU)", f"JAX backend {jax.default_backend()!r}")
 
 
 def scan_cudnn(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False):
