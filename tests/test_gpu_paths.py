@@ -294,3 +294,54 @@ def test_unknown_backward_still_lists_every_choice():
     cell = jrnn.LSTMCell(4)
     with pytest.raises(ValueError, match=r"\['autodiff', 'bptt', 'cudnn', 'pallas'\]"):
         jrnn.unroll(cell, cell.init(jax.random.PRNGKey(0), 3), jnp.zeros((2, 5, 3)), backward="magic")
+
+
+# --------------------------------------------------------------------------------------------
+# The Pallas kernels as a GPU would compile them: lowered for CUDA (Triton) on this CPU
+
+
+def _lower_for_cuda(cell, B, T=16, D=8, dtype=jnp.float32):
+    """Lower ``unroll(..., backward="pallas")`` and its gradient for CUDA without a GPU
+    (``jax.export``), as Pallas' Triton backend would compile them."""
+    from jax import export
+
+    params = cell.init(jax.random.PRNGKey(0), D, dtype)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D), dtype)
+    lengths = jnp.full((B,), T)
+
+    def loss(params, xs):
+        return jnp.sum(jrnn.unroll(cell, params, xs, seq_lengths=lengths, backward="pallas")[1])
+
+    allow = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    fn = jax.jit(jax.value_and_grad(loss))
+    return export.export(fn, platforms=["cuda"], disabled_checks=allow)(params, xs).mlir_module()
+
+
+@pytest.fixture
+def as_if_on_gpu(monkeypatch):
+    monkeypatch.delenv(pallas.INTERPRET_ENV, raising=False)
+    monkeypatch.setattr(pallas, "on_gpu", lambda: True)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("cell,B", [(jrnn.LSTMCell(32), 4), (jrnn.LSTMCell(128), 1), (jrnn.VanillaCell(64), 2)],
+                         ids=["lstm-H32-B4", "lstm-H128-B1", "vanilla-H64-B2"])  # fmt: skip
+def test_pallas_kernels_lower_to_triton_for_cuda(as_if_on_gpu, cell, B):
+    """Both kernels (forward, and the backward of the gradient) pass Pallas' Triton lowering: no
+    operation that Triton cannot take (wide concatenations, non-power-of-2 arrays)."""
+    module = _lower_for_cuda(cell, B)
+    assert module.count("__gpu$xla.gpu.triton") == 2
+
+
+@pytest.mark.parametrize("cell,B,match", [
+    (jrnn.GRUCell(32), 4, "a GRU's gate width 3H is never a power of 2"),
+    (jrnn.LSTMCell(48), 4, "the hidden_size for backward='pallas' on a GPU must be a power of 2"),
+    (jrnn.VanillaCell(32), 3, "the batch size for backward='pallas' on a GPU must be a power of 2"),
+    (jrnn.VanillaCell(32), 4, "the batch size for backward='pallas' on a GPU in float64 must be at least 16"),
+])  # fmt: skip
+def test_pallas_on_a_gpu_refuses_what_triton_cannot_compile(as_if_on_gpu, cell, B, match):
+    dtype = F64 if "float64" in match else jnp.float32
+    with pytest.raises(ValueError, match=match):
+        _lower_for_cuda(cell, B, dtype=dtype)

@@ -3,11 +3,13 @@
 
 - ``backward="cudnn"`` (``jrnn.kernels.cudnn``): cuDNN's LSTM through ``jax.experimental.rnn``,
   with jrnn's parameters converted to cuDNN's flat weight layout inside. LSTM only, float32,
-  CUDA GPU only.
+  CUDA GPU only. Not yet run on a GPU (its layout and the layer around it are tested on a CPU).
 - ``backward="pallas"`` (``jrnn.kernels.pallas``): jrnn's own fused recurrent loop written with
   ``jax.experimental.pallas``: one kernel launch runs every step of a sequence with the recurrent
-  weights loaded once, and a hand-written backward kernel runs the reverse loop. Plain LSTM,
-  GRU and vanilla cells; GPU, or any backend in Pallas' interpreter (``JRNN_PALLAS_INTERPRET=1``).
+  weights loaded once, and a hand-written backward kernel runs the reverse loop. Vanilla and
+  LSTM cells without options on a GPU (Pallas' Triton backend; power-of-2 batch and hidden
+  sizes); those and the GRU in Pallas' interpreter on any backend (``JRNN_PALLAS_INTERPRET=1``).
+  Not yet run on a GPU.
 
 Both take the arguments of ``jrnn.scan``'s scans (time-major ``xs (T, B, D)``, lengths or None)
 and return ``(carry_T, ys)`` with ``unroll``'s semantics (padded steps keep the carry and output

@@ -1,7 +1,8 @@
 """``backward="pallas"``: one recurrent layer as two fused Pallas kernels, forward and backward.
 
 The forward kernel runs every step of the sequence in one launch: it loads the recurrent
-parameters (every field but ``w_x``) once, keeps them on chip across steps, and per step reads the
+parameters (every field but ``w_x``) once, keeps them on chip across steps when they fit (see
+below), and per step reads the
 projected input ``xp_t`` (``xs @ w_x + b``, one GEMM for all steps before the kernel), calls the
 cell's own ``forward_step`` (the gate maths written once, in ``jrnn/cells``) and writes the carry
 after the step and the step's residuals. The backward kernel is the reverse loop of the
@@ -18,13 +19,23 @@ is read backwards from its own last valid step, as ``unroll`` defines.
 
 Cells: ``VanillaCell`` (any activation), ``LSTMCell`` and ``GRUCell`` without options; a ``(T, B)``
 mask and ``remat`` are refused. Any float dtype (the cell's maths runs in the layer's dtype, as
-``unroll``'s does).
+``unroll``'s does). The steps are the cells' own ``forward_step`` / ``backward_step``, except the
+LSTM's, a line-for-line copy that keeps its four gate blocks apart (Triton's lowering cannot
+concatenate them); the tests hold it equal to the cell.
 
-Where it runs: on a GPU the kernels are compiled by Pallas (Triton on NVIDIA GPUs). Anywhere, the
-same kernels run in Pallas' interpreter when the environment variable ``JRNN_PALLAS_INTERPRET`` is
-``1`` when the layer is traced (slow: for tests, and for checking the kernels on a CPU). Without a
-GPU and without it, the layer raises a ``ValueError`` saying so. Correctness is tested in the
-interpreter (float32 and float64); the compiled GPU path has not been run yet.
+Where it runs: on a GPU the kernels compile through Pallas' Triton backend (its refs stay in the
+GPU's memory; each step loads and stores its own rows). Triton needs power-of-2 array sizes: the
+batch and hidden sizes must be powers of 2, and a GRU (gate width ``3H``) runs in the interpreter
+only; this is checked before lowering. Recurrent parameters up to ``HOLD_MAX_BYTES`` are held in
+registers across steps, larger ones re-read each step from the caches. Anywhere, the same kernels
+run in Pallas' interpreter when the environment variable ``JRNN_PALLAS_INTERPRET`` is ``1`` when
+the layer is traced (slow: for tests, and for checking the kernels on a CPU). Without a GPU and
+without it, the layer raises a ``ValueError`` saying so.
+
+Status: outputs and gradients are tested in the interpreter (float32 and float64, against
+``unroll`` with autodiff and the hand-written BPTT), and both kernels are lowered to Triton for
+CUDA in the tests (``jax.export``, no GPU needed). They have not yet been compiled to GPU code
+or run on a GPU, and no GPU time has been measured.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import jax.numpy as jnp
 
 from jrnn._checks import fail
 from jrnn.cells.gru import GRUCell
-from jrnn.cells.lstm import LSTMCell
+from jrnn.cells.lstm import LSTMCarry, LSTMCell
 from jrnn.cells.vanilla import VanillaCell
 from jrnn.kernels._common import check_common, compute_dtype, full_lengths, on_gpu, valid_steps
 
@@ -67,6 +78,90 @@ def check_pallas(cell, lengths, remat: bool, interpret: bool) -> None:
              "in Pallas' interpreter on any backend, slowly)", f"JAX backend {jax.default_backend()!r}")  # fmt: skip
 
 
+HOLD_MAX_BYTES = 64 << 10
+"""The kernels load the recurrent parameters once and hold them on chip (registers) across steps
+while they take at most this many bytes (``w_h`` of an LSTM with ``H = 64`` in float32); larger
+ones are read again at every step, from the GPU's caches. A guess, not yet tuned on a GPU."""
+
+
+def _hold(p_leaves) -> bool:
+    return sum(a.size * a.dtype.itemsize for a in p_leaves) <= HOLD_MAX_BYTES
+
+
+def _is_power_of_2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def check_triton(cell, batch_size: int, dtype) -> None:
+    """ValueError unless Pallas' Triton lowering can compile the kernels: it needs every array a
+    kernel touches to have a power-of-2 size, so the batch and hidden sizes must be powers of 2,
+    and a GRU (gate width 3H) never qualifies; a float64 matrix product needs 16 rows and columns."""
+    if isinstance(cell, GRUCell):
+        fail("the cell for backward='pallas' on a GPU", "a VanillaCell or LSTMCell (a GRU's gate width 3H is "
+             f"never a power of 2, which Pallas' Triton lowering needs; {INTERPRET_ENV}=1 runs it in the "
+             "interpreter)", "GRUCell")  # fmt: skip
+    for name, n in (("batch size", batch_size), ("hidden_size", cell.hidden_size)):
+        if not _is_power_of_2(n):
+            fail(f"the {name} for backward='pallas' on a GPU", "a power of 2 (Pallas' Triton lowering needs "
+                 f"power-of-2 array sizes; {INTERPRET_ENV}=1 runs any size in the interpreter)", n)  # fmt: skip
+        if jnp.dtype(dtype) == jnp.float64 and n < 16:
+            fail(f"the {name} for backward='pallas' on a GPU in float64", "at least 16 (Triton's float64 "
+                 "matrix product)", n)  # fmt: skip
+
+
+def _compiler_params(interpret: bool):
+    """Pallas' Triton backend on a GPU: its refs stay in the GPU's memory and each step loads and
+    stores its own rows (the Mosaic GPU backend would stage whole sequences in shared memory)."""
+    if interpret:
+        return None
+    from jax.experimental.pallas import triton as pl_triton
+
+    return pl_triton.CompilerParams(num_warps=4, num_stages=1)
+
+
+def _lstm_forward_step(params, carry_tm1, xp_t):
+    """``LSTMCell.forward_step`` without options, line for line, but with the gate activations
+    kept as four ``(B, H)`` residuals: Pallas' Triton lowering concatenates nothing wider than
+    ``(..., 1)``. The tests hold the two equal."""
+    h_tm1, c_tm1 = carry_tm1
+    a = xp_t + h_tm1 @ params.w_h  # (B, 4H) pre-activations
+    a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
+    c = f * c_tm1 + i * g
+    h = o * jnp.tanh(c)
+    return LSTMCarry(h, c), (i, f, g, o)
+
+
+def _lstm_backward_step(params, gates, carry_tm1, carry, d_carry):
+    """``LSTMCell.backward_step`` without options, line for line, with ``d_a`` as four blocks."""
+    i, f, g, o = gates
+    d_h, d_c = d_carry
+    tanh_c = jnp.tanh(carry.c)
+    d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)  # h = o * tanh(c): backprop into c
+    d_a = (
+        d_c * g * i * (1.0 - i),  # c = ... + i * g,  i = σ(a_i)
+        d_c * carry_tm1.c * f * (1.0 - f),  # c = f * c_tm1 + ...,  f = σ(a_f)
+        d_c * i * (1.0 - g * g),  # c = ... + i * g,  g = tanh(a_g)
+        d_h * tanh_c * o * (1.0 - o),  # h = o * tanh(c),  o = σ(a_o)
+    )
+    w_blocks = jnp.split(params.w_h, 4, axis=-1)  # (H, H) each
+    d_h_tm1 = sum(d @ w.T for d, w in zip(d_a, w_blocks))  # a = xp + h_tm1 @ w_h: backprop into h
+    return d_a, LSTMCarry(d_h_tm1, d_c * f)  # c = f * c_tm1 + ...: backprop into c_tm1
+
+
+def _lstm_pre(d_a):
+    return jnp.concatenate(d_a, axis=-1)  # (T, B, 4H), the cell's d_pre, outside the kernel
+
+
+def _steps(cell):
+    """``(forward_step, backward_step, to_cell_pre)`` for the kernels: the cell's own step pair,
+    but for the LSTM the Triton-friendly copy above, whose ``d_pre`` ``to_cell_pre`` turns into
+    the cell's layout for ``param_grads``."""
+    if isinstance(cell, LSTMCell):
+        return _lstm_forward_step, _lstm_backward_step, _lstm_pre
+    return cell.forward_step, cell.backward_step, lambda d_pre: d_pre
+
+
 def _kernel_params(params):
     """The fields the kernels read: every one but ``w_x`` (its GEMM runs outside)."""
     return params._replace(w_x=None)
@@ -82,20 +177,23 @@ def _forward(cell, params, xs, carry0, lengths, reverse, interpret, keep):
     kp = _kernel_params(params)
     p_leaves, p_def = _flatten(kp)
     c_leaves, c_def = _flatten(carry0)
-    res_shapes = jax.eval_shape(lambda p, c, x: cell.forward_step(p, c, x)[1], kp, carry0, xp[0])
+    forward_step = _steps(cell)[0]
+    res_shapes = jax.eval_shape(lambda p, c, x: forward_step(p, c, x)[1], kp, carry0, xp[0])
     r_shapes, r_def = _flatten(res_shapes)
     nP, nC = len(p_leaves), len(c_leaves)
+    hold = _hold(p_leaves)
     seq = lambda a: jax.ShapeDtypeStruct((T, *a.shape), a.dtype)  # noqa: E731
     out_shape = [seq(c) for c in c_leaves] + ([seq(r) for r in r_shapes] if keep else [])
 
     def kernel(xp_ref, n_ref, *refs):
         p_refs, c0_refs, s_refs, r_refs = refs[:nP], refs[nP : nP + nC], refs[nP + nC : nP + 2 * nC], refs[nP + 2 * nC :]
-        p = _unflatten(p_def, [r[...] for r in p_refs])  # on chip for every step
+        held = _unflatten(p_def, [r[...] for r in p_refs]) if hold else None  # on chip for every step
         n = n_ref[...]  # (B, 1)
 
         def body(s, carry):
             t = T - 1 - s if reverse else s
-            new, res = cell.forward_step(p, _unflatten(c_def, carry), xp_ref[t])
+            p = held if hold else _unflatten(p_def, [r[...] for r in p_refs])  # read again (from cache)
+            new, res = forward_step(p, _unflatten(c_def, carry), xp_ref[t])
             m = t < n  # (B, 1): the step runs
             new = [jnp.where(m, a, b) for a, b in zip(_leaves(new), carry)]  # a padded step keeps the carry
             for ref, a in zip(s_refs, new):
@@ -106,7 +204,9 @@ def _forward(cell, params, xs, carry0, lengths, reverse, interpret, keep):
 
         jax.lax.fori_loop(0, T, body, [r[...] for r in c0_refs])
 
-    outs = pl.pallas_call(kernel, out_shape=out_shape, interpret=interpret)(xp, lengths[:, None], *p_leaves, *c_leaves)
+    outs = pl.pallas_call(kernel, out_shape=out_shape, interpret=interpret, compiler_params=_compiler_params(interpret))(
+        xp, lengths[:, None], *p_leaves, *c_leaves
+    )
     states = _unflatten(c_def, outs[:nC])
     return states, (_unflatten(r_def, outs[nC:]) if keep else None)
 
@@ -124,11 +224,13 @@ def _backward(cell, params, residuals, states, carry0, d_states, lengths, revers
     ds_leaves = _leaves(d_states)
     T = s_leaves[0].shape[0]
     one = lambda leaves: [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in leaves]  # noqa: E731
+    backward_step = _steps(cell)[1]
     pre_shapes = jax.eval_shape(
-        lambda p, r, c: cell.backward_step(p, _unflatten(r_def, r), c, c, c)[0], kp, one(r_leaves), carry0
+        lambda p, r, c: backward_step(p, _unflatten(r_def, r), c, c, c)[0], kp, one(r_leaves), carry0
     )
     pre_leaves, pre_def = _flatten(pre_shapes)
     nP, nR, nC, nD = len(p_leaves), len(r_leaves), len(s_leaves), len(pre_leaves)
+    hold = _hold(p_leaves)
     out_shape = [jax.ShapeDtypeStruct((T, *a.shape), a.dtype) for a in pre_leaves]
     out_shape += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in c0_leaves]
 
@@ -139,11 +241,12 @@ def _backward(cell, params, residuals, states, carry0, d_states, lengths, revers
             groups.append(refs[at : at + size])
             at += size
         p_refs, r_refs, s_refs, c0_refs, ds_refs, dpre_refs, dc0_refs = groups
-        p = _unflatten(p_def, [r[...] for r in p_refs])
+        held = _unflatten(p_def, [r[...] for r in p_refs]) if hold else None
         c0 = [r[...] for r in c0_refs]
         n = n_ref[...]  # (B, 1)
 
         def body(s, d_carry):
+            p = held if hold else _unflatten(p_def, [r[...] for r in p_refs])
             t = s if reverse else T - 1 - s  # against the forward
             t_prev = t + 1 if reverse else t - 1  # the step the forward ran before t
             has = (t_prev >= 0) & (t_prev <= T - 1)
@@ -152,7 +255,7 @@ def _backward(cell, params, residuals, states, carry0, d_states, lengths, revers
             carry_t = [ref[t] for ref in s_refs]
             d_new = [d + ref[t] for d, ref in zip(d_carry, ds_refs)]  # the stored carry's own cotangent joins
             res = _unflatten(r_def, [ref[t] for ref in r_refs])
-            d_pre, d_tm1 = cell.backward_step(
+            d_pre, d_tm1 = backward_step(
                 p, res, _unflatten(c_def, carry_tm1), _unflatten(c_def, carry_t), _unflatten(c_def, d_new)
             )
             m = t < n  # (B, 1)
@@ -164,7 +267,7 @@ def _backward(cell, params, residuals, states, carry0, d_states, lengths, revers
         for ref, a in zip(dc0_refs, d0):
             ref[...] = a
 
-    outs = pl.pallas_call(kernel, out_shape=out_shape, interpret=interpret)(
+    outs = pl.pallas_call(kernel, out_shape=out_shape, interpret=interpret, compiler_params=_compiler_params(interpret))(
         lengths[:, None], *p_leaves, *r_leaves, *s_leaves, *c0_leaves, *ds_leaves
     )
     return _unflatten(pre_def, outs[:nD]), _unflatten(c_def, outs[nD:])
@@ -191,6 +294,7 @@ def _fused_fwd(cell, params, xs, carry0, lengths, reverse, interpret):
 def _fused_bwd(cell, reverse, interpret, saved, d_states):
     params, xs, carry0, lengths, states, residuals = saved
     d_pre, d_carry0 = _backward(cell, params, residuals, states, carry0, d_states, lengths, reverse, interpret)
+    d_pre = _steps(cell)[2](d_pre)
     d_params = cell.param_grads(params, xs, _entering_h(cell, states, carry0, reverse), d_pre)  # GEMMs over T·B
     d_params = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), d_params, params)
     d_xs = cell.input_grads(params, d_pre).astype(xs.dtype)
@@ -208,6 +312,8 @@ def scan_pallas(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, re
     interpret = interpret_default() if interpret is None else bool(interpret)
     check_pallas(cell, lengths, remat, interpret)
     dtype = compute_dtype(xs, params)
+    if not interpret:
+        check_triton(cell, xs.shape[1], dtype)
     params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
     xs = xs.astype(dtype)
     T, B = xs.shape[:2]
