@@ -345,3 +345,19 @@ def test_pallas_on_a_gpu_refuses_what_triton_cannot_compile(as_if_on_gpu, cell, 
     dtype = F64 if "float64" in match else jnp.float32
     with pytest.raises(ValueError, match=match):
         _lower_for_cuda(cell, B, dtype=dtype)
+
+
+def test_a_train_step_with_backward_pallas_equals_one_with_the_hand_bptt(pallas_interpreted):
+    import optax
+
+    from jrnn.train import make_train_step
+
+    model = jrnn.RNN(jrnn.LSTMCell(8), num_layers=2, output_size=1)
+    params = model.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (4, 10, 3), jnp.float32)
+    targets = jax.random.normal(jax.random.PRNGKey(2), (4, 10, 1), jnp.float32)
+    lengths = jnp.array([10, 7, 1, 4])
+    opt = optax.adam(1e-2)
+    runs = [make_train_step(model, opt, loss="mse", backward=b)(params, opt.init(params), xs, targets, lengths)
+            for b in ("bptt", "pallas")]  # fmt: skip
+    _assert_trees_close(runs[1][0], runs[0][0], 1e-5)
