@@ -7,7 +7,9 @@
 #    match the driver's CUDA version. Reuses torch when it already sees CUDA; otherwise tries the
 #    CUDA build from PyTorch's index (when that fails, the torch-cuda peer is reported unavailable).
 #    Installs jrnn's own dependencies that are missing. Every step is logged to $OUT/gpu_run.log.
-# 2. Runs the grid with a budget: no case starts once DEADLINE_S seconds (default 360, counted
+# 2. Runs the GPU correctness tests (pytest -k real_gpu; RUN_TESTS=0 skips them) into
+#    $OUT/gpu_tests.log.
+# 3. Runs the grid with a budget: no case starts once DEADLINE_S seconds (default 360, counted
 #    from the start of this script, installs included) minus a margin have passed. Results go to
 #    $OUT/gpu.json and $OUT/gpu.md after every case; running the script again resumes where it
 #    stopped. The first pass is short (--pass short); run again with --pass full to refine it.
@@ -59,6 +61,16 @@ for pair in optax:optax flax:flax chex:chex orbax.checkpoint:orbax-checkpoint tq
   module="${pair%%:*}"; package="${pair#*:}"
   "$PY" -c "import $module" >/dev/null 2>&1 || pip_install "$package" || log "could not install $package"
 done
+
+# The compiled GPU paths against unroll first (tests/test_gpu_paths.py -k real_gpu, a minute or two):
+# their outcome goes to $OUT/gpu_tests.log whatever the timings say.
+if [ "${RUN_TESTS:-1}" = 1 ] && "$PY" -c "import pytest" >/dev/null 2>&1; then
+  log "running the GPU correctness tests (tests/test_gpu_paths.py -k real_gpu)"
+  (cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    timeout "${TESTS_TIMEOUT_S:-150}" "$PY" -m pytest -q -p no:cacheprovider -k real_gpu tests/test_gpu_paths.py \
+    >"$OUT/gpu_tests.log" 2>&1)
+  log "GPU correctness tests: exit $? ($(tail -n 1 "$OUT/gpu_tests.log"))"
+fi
 
 ELAPSED=$(( $(date +%s) - START ))
 BUDGET=$(( DEADLINE_S - ELAPSED - 60 ))  # the margin: the case in progress, and writing the results

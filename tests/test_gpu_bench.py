@@ -25,7 +25,9 @@ def dry_run(tmp_path_factory):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"],
                           cwd=out, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "running the grid with --budget-s" in (out / "gpu_run.log").read_text()
+    log = (out / "gpu_run.log").read_text()
+    assert "running the grid with --budget-s" in log and "GPU correctness tests: exit" in log
+    assert "skipped" in (out / "gpu_tests.log").read_text()  # the real-GPU tests, on a CPU
     return out, json.loads((out / "gpu.json").read_text())
 
 

@@ -21,6 +21,9 @@ import jrnn
 from jrnn.kernels import cudnn, pallas
 
 F64 = jnp.float64
+ON_GPU = jax.default_backend() == "gpu"
+cpu_only = pytest.mark.skipif(ON_GPU, reason="checks the error raised without a GPU")
+real_gpu = pytest.mark.skipif(not ON_GPU, reason="runs the compiled kernels: needs a GPU")
 
 
 def _rel(a, b):
@@ -167,6 +170,7 @@ def test_cudnn_network_equals_autodiff(cudnn_on_cpu):
     _assert_trees_close(got, want, 1e-5)
 
 
+@cpu_only
 def test_cudnn_on_cpu_is_a_clear_error():
     jax.clear_caches()
     cell = jrnn.LSTMCell(4)
@@ -273,6 +277,7 @@ def test_pallas_gradients_equal_the_hand_written_bptt_in_a_stacked_bidirectional
     _assert_trees_close(got, want, 1e-12)
 
 
+@cpu_only
 def test_pallas_without_a_gpu_or_the_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.delenv(pallas.INTERPRET_ENV, raising=False)
     jax.clear_caches()
@@ -361,3 +366,41 @@ def test_a_train_step_with_backward_pallas_equals_one_with_the_hand_bptt(pallas_
     runs = [make_train_step(model, opt, loss="mse", backward=b)(params, opt.init(params), xs, targets, lengths)
             for b in ("bptt", "pallas")]  # fmt: skip
     _assert_trees_close(runs[1][0], runs[0][0], 1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# On a GPU (skipped elsewhere): the compiled paths against unroll, in float32 at full precision.
+# benchmarks/gpu_run.sh runs these first (pytest -k real_gpu).
+
+
+@real_gpu
+@pytest.mark.parametrize("backward,cell", [("cudnn", jrnn.LSTMCell(32)), ("pallas", jrnn.LSTMCell(32)),
+                                           ("pallas", jrnn.VanillaCell(64))], ids=["cudnn-lstm", "pallas-lstm",
+                                                                                 "pallas-vanilla"])  # fmt: skip
+@pytest.mark.parametrize("reverse", [False, True])
+def test_on_a_real_gpu_fused_layers_equal_autodiff(monkeypatch, backward, cell, reverse):
+    monkeypatch.delenv(pallas.INTERPRET_ENV, raising=False)
+    jax.clear_caches()
+    params, xs, carry = _layer_problem(cell, jnp.float32, B=4, T=50, D=16, seed=7)
+    lengths = jnp.array([50, 17, 0, 33])
+    with jax.default_matmul_precision("highest"):  # no TF32 in either (cuDNN reads the same setting)
+        want = _loss(cell, "autodiff", lengths, reverse)(params, xs, carry)
+        got = _loss(cell, backward, lengths, reverse)(params, xs, carry)
+    _assert_trees_close(got, want, 1e-4)
+
+
+@real_gpu
+def test_on_a_real_gpu_a_stacked_bidirectional_lstm_through_cudnn_equals_autodiff():
+    jax.clear_caches()
+    model, params = _network(2, True, 16, 32, jnp.float32)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (8, 40, 16), jnp.float32)
+    lengths = jnp.array([40, 3, 17, 0, 40, 39, 1, 25])
+
+    def loss(params, backward):
+        ys, _ = model.apply(params, xs, seq_lengths=lengths, backward=backward)
+        return jnp.sum(ys * jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape))
+
+    with jax.default_matmul_precision("highest"):
+        want = jax.value_and_grad(loss)(params, "autodiff")
+        got = jax.value_and_grad(loss)(params, "cudnn")
+    _assert_trees_close(got, want, 1e-4)
