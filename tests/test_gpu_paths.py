@@ -254,6 +254,18 @@ def test_pallas_layer_values_and_gradients_equal_autodiff(pallas_interpreted, ce
     _assert_trees_close(got, want, TOLERANCES[dtype])
 
 
+def test_pallas_grid_over_batch_blocks_equals_autodiff(pallas_interpreted, monkeypatch):
+    """Batch blocks of 2 rows: three kernel instances, each with its own lengths and carries."""
+    monkeypatch.setattr(pallas, "BATCH_BLOCK", 2)
+    cell = jrnn.LSTMCell(5)
+    params, xs, carry = _layer_problem(cell, F64, B=6, seed=9)
+    lengths = jnp.array([7, 3, 0, 5, 1, 6])
+    for reverse in (False, True):
+        want = _loss(cell, "autodiff", lengths, reverse)(params, xs, carry)
+        got = _loss(cell, "pallas", lengths, reverse)(params, xs, carry)
+        _assert_trees_close(got, want, 1e-12)
+
+
 def test_pallas_forward_equals_unroll_on_full_sequences(pallas_interpreted):
     cell = jrnn.LSTMCell(6)
     params, xs, carry = _layer_problem(cell, jnp.float32, B=2, T=9, D=4, seed=5)
@@ -331,13 +343,16 @@ def as_if_on_gpu(monkeypatch):
     jax.clear_caches()
 
 
-@pytest.mark.parametrize("cell,B", [(jrnn.LSTMCell(32), 4), (jrnn.LSTMCell(128), 1), (jrnn.VanillaCell(64), 2)],
-                         ids=["lstm-H32-B4", "lstm-H128-B1", "vanilla-H64-B2"])  # fmt: skip
+@pytest.mark.parametrize("cell,B", [(jrnn.LSTMCell(32), 4), (jrnn.LSTMCell(128), 1), (jrnn.VanillaCell(64), 2),
+                                    (jrnn.LSTMCell(16), 64)],
+                         ids=["lstm-H32-B4", "lstm-H128-B1", "vanilla-H64-B2", "lstm-H16-B64"])  # fmt: skip
 def test_pallas_kernels_lower_to_triton_for_cuda(as_if_on_gpu, cell, B):
     """Both kernels (forward, and the backward of the gradient) pass Pallas' Triton lowering: no
-    operation that Triton cannot take (wide concatenations, non-power-of-2 arrays)."""
+    operation that Triton cannot take (wide concatenations, non-power-of-2 arrays); a batch of
+    64 runs as a grid of 4 instances."""
     module = _lower_for_cuda(cell, B)
     assert module.count("__gpu$xla.gpu.triton") == 2
+    assert module.count(f"grid_x = {max(1, B // pallas.BATCH_BLOCK)} : i32") == 2
 
 
 @pytest.mark.parametrize("cell,B,match", [

@@ -12,6 +12,9 @@ carry's cotangent before the step. After it the weight gradients and the input g
 GEMMs over ``T·B`` rows (``cell.param_grads``, ``cell.input_grads``). The two kernels are tied
 together by a ``jax.custom_vjp``: reverse mode only, like ``backward="bptt"``.
 
+Each kernel runs as a grid over blocks of ``BATCH_BLOCK`` sequences (independent, so the
+instances can run on separate multiprocessors); each instance loops over all ``T`` steps.
+
 Shapes (time-major): ``xp (T, B, G)``, carries ``(B, ·)`` per leaf, the stored carries and
 residuals ``(T, B, ·)``. A padded step (``t >= lengths[b]``) keeps the carry (the stored carry is
 the one carried through) and gets no gradient; ``reverse`` visits ``T-1, ..., 0``, so each sequence
@@ -162,6 +165,42 @@ def _steps(cell):
     return cell.forward_step, cell.backward_step, lambda d_pre: d_pre
 
 
+BATCH_BLOCK = 16
+"""Rows of the batch one kernel instance runs: each kernel launches ``B / BATCH_BLOCK`` instances
+(a grid over the batch; independent sequences, so each can run on its own multiprocessor)."""
+
+
+def _batch_block(batch_size: int) -> int:
+    """The rows per instance: ``BATCH_BLOCK`` or fewer, dividing the batch."""
+    rows = min(batch_size, BATCH_BLOCK)
+    while batch_size % rows:
+        rows -= 1
+    return rows
+
+
+def _call(kernel, args, arg_axes, out_shape, out_axes, batch_size, interpret):
+    """``pallas_call`` over a grid of batch blocks: each array is cut along its batch axis
+    (``arg_axes`` / ``out_axes``: the axis, or None for the parameters, which every instance
+    reads whole)."""
+    from jax.experimental import pallas as pl
+
+    rows = _batch_block(batch_size)
+
+    def spec(shape, axis):
+        block = tuple(rows if k == axis else d for k, d in enumerate(shape))
+        return pl.BlockSpec(block, lambda b: tuple(b if k == axis else 0 for k in range(len(shape))))
+
+    return pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(batch_size // rows,),
+        in_specs=[spec(a.shape, ax) for a, ax in zip(args, arg_axes)],
+        out_specs=[spec(o.shape, ax) for o, ax in zip(out_shape, out_axes)],
+        interpret=interpret,
+        compiler_params=_compiler_params(interpret),
+    )(*args)
+
+
 def _kernel_params(params):
     """The fields the kernels read: every one but ``w_x`` (its GEMM runs outside)."""
     return params._replace(w_x=None)
@@ -170,7 +209,6 @@ def _kernel_params(params):
 def _forward(cell, params, xs, carry0, lengths, reverse, interpret, keep):
     """The forward kernel: ``(states, residuals)``, the carry after every step ``(T, B, ·)`` per
     leaf and, when ``keep``, the step residuals ``(T, B, ·)`` per leaf (else None)."""
-    from jax.experimental import pallas as pl
 
     xp = cell.project_inputs(params, xs)  # (T, B, G): one GEMM for every step
     T = xp.shape[0]
@@ -188,7 +226,7 @@ def _forward(cell, params, xs, carry0, lengths, reverse, interpret, keep):
     def kernel(xp_ref, n_ref, *refs):
         p_refs, c0_refs, s_refs, r_refs = refs[:nP], refs[nP : nP + nC], refs[nP + nC : nP + 2 * nC], refs[nP + 2 * nC :]
         held = _unflatten(p_def, [r[...] for r in p_refs]) if hold else None  # on chip for every step
-        n = n_ref[...]  # (B, 1)
+        n = n_ref[...]  # (rows, 1): this instance's block of the batch
 
         def body(s, carry):
             t = T - 1 - s if reverse else s
@@ -204,9 +242,9 @@ def _forward(cell, params, xs, carry0, lengths, reverse, interpret, keep):
 
         jax.lax.fori_loop(0, T, body, [r[...] for r in c0_refs])
 
-    outs = pl.pallas_call(kernel, out_shape=out_shape, interpret=interpret, compiler_params=_compiler_params(interpret))(
-        xp, lengths[:, None], *p_leaves, *c_leaves
-    )
+    args = [xp, lengths[:, None], *p_leaves, *c_leaves]
+    arg_axes = [1, 0] + [None] * nP + [0] * nC
+    outs = _call(kernel, args, arg_axes, out_shape, [1] * len(out_shape), xp.shape[1], interpret)
     states = _unflatten(c_def, outs[:nC])
     return states, (_unflatten(r_def, outs[nC:]) if keep else None)
 
@@ -214,7 +252,6 @@ def _forward(cell, params, xs, carry0, lengths, reverse, interpret, keep):
 def _backward(cell, params, residuals, states, carry0, d_states, lengths, reverse, interpret):
     """The backward kernel: ``(d_pre, d_carry0)``, the pre-activation gradients ``(T, B, ·)``
     (zero at padded steps) and the cotangent of the initial carry."""
-    from jax.experimental import pallas as pl
 
     kp = _kernel_params(params)
     p_leaves, p_def = _flatten(kp)
@@ -243,7 +280,7 @@ def _backward(cell, params, residuals, states, carry0, d_states, lengths, revers
         p_refs, r_refs, s_refs, c0_refs, ds_refs, dpre_refs, dc0_refs = groups
         held = _unflatten(p_def, [r[...] for r in p_refs]) if hold else None
         c0 = [r[...] for r in c0_refs]
-        n = n_ref[...]  # (B, 1)
+        n = n_ref[...]  # (rows, 1): this instance's block of the batch
 
         def body(s, d_carry):
             p = held if hold else _unflatten(p_def, [r[...] for r in p_refs])
@@ -267,9 +304,9 @@ def _backward(cell, params, residuals, states, carry0, d_states, lengths, revers
         for ref, a in zip(dc0_refs, d0):
             ref[...] = a
 
-    outs = pl.pallas_call(kernel, out_shape=out_shape, interpret=interpret, compiler_params=_compiler_params(interpret))(
-        lengths[:, None], *p_leaves, *r_leaves, *s_leaves, *c0_leaves, *ds_leaves
-    )
+    args = [lengths[:, None], *p_leaves, *r_leaves, *s_leaves, *c0_leaves, *ds_leaves]
+    arg_axes = [0] + [None] * nP + [1] * nR + [1] * nC + [0] * nC + [1] * nC
+    outs = _call(kernel, args, arg_axes, out_shape, [1] * nD + [0] * nC, lengths.shape[0], interpret)
     return _unflatten(pre_def, outs[:nD]), _unflatten(c_def, outs[nD:])
 
 
