@@ -11,9 +11,10 @@ Peers, each built from the same jrnn weights: ``jrnn`` (autodiff, the baseline),
 (``jax.experimental.rnn.lstm`` called directly, with its own weight packing) and ``torch-cuda``
 (``torch.nn.RNN``/``LSTM``/``GRU`` on CUDA, cuDNN underneath). Before timing, every peer's loss,
 weight gradients and outputs are checked against jrnn's in the same dtype (relative error within
-``DTYPES[dtype]``); a peer that disagrees or raises is reported and not timed, one that cannot run
-a case (no CUDA torch, a cell cuDNN lacks, ...) is reported unavailable with the reason. Timing
-follows ``speed.py``: interleaved rounds, medians, ratios peer time / jrnn time.
+``DTYPES[dtype]``: 1e-2 in float32, 5e-2 in bfloat16); a peer that disagrees or raises is
+reported and not timed, one that cannot run a case (no CUDA torch, a cell cuDNN lacks, ...) is
+reported unavailable with the reason. Timing follows ``speed.py``: interleaved rounds, medians,
+ratios peer time / jrnn time.
 
 Resumable by case: the results are rewritten to ``OUT/gpu.json`` and ``OUT/gpu.md`` after every
 case, and a case already in ``OUT/gpu.json`` (same case, dtype and pass) is skipped. ``--pass
@@ -45,8 +46,11 @@ from benchmarks.speed import NAMED_SHAPES, STRUCTURES, check, reference_of
 
 PEERS = ["jrnn", "jrnn-bptt", "jrnn-cudnn", "jrnn-pallas", "cudnn", "torch-cuda"]
 BASELINE = "jrnn"
-DTYPES = {"float32": 2e-3, "bfloat16": 5e-2}
-"""dtype -> the largest relative error of a peer's loss, gradients and outputs against jrnn's."""
+DTYPES = {"float32": 1e-2, "bfloat16": 5e-2}
+"""dtype -> the largest relative error of a peer's loss, gradients and outputs against jrnn's.
+Looser than ``speed.py``'s 2e-3 in float32: on recent NVIDIA GPUs float32 matrix products run as
+TF32 by default (XLA, cuDNN and PyTorch's cuDNN RNNs alike), about 1e-3 relative per product, and
+the errors of ``T`` steps add up. Every measured error is recorded in the JSON."""
 
 CELLS = ("lstm", "gru", "vanilla")
 LONG_SHAPES = [(B, T, H, H) for T in (1000, 10000) for B in (1, 4) for H in (32, 512)]
