@@ -128,19 +128,33 @@ class _Compiled:
 # jrnn
 
 
+FUSED = ("cudnn", "pallas")
+"""The ``backward=`` values that also replace the forward pass (``jrnn.kernels``)."""
+
+
 def build_jrnn(problem: Problem, *, backward: str = "autodiff", unroll: int = 1, remat: bool = False) -> Built:
+    """jrnn's ``RNN``; inference runs the plain scan, except for a fused layer (``FUSED``), which
+    runs its own forward. A fused layer that cannot run the case (its cell, dtype, a missing GPU)
+    is ``Unavailable``, with jrnn's own error as the reason."""
     import jax
     import jax.numpy as jnp
 
     model = problem.model
     options = dict(backward=backward, unroll=unroll, remat=remat)
+    infer_options = dict(unroll=unroll, backward=backward) if backward in FUSED else dict(unroll=unroll)
 
     def loss_fn(params, xs, target):
         ys, _ = model.apply(params, xs, **options)
         return jnp.mean((ys - target) ** 2)
 
     def forward(params, xs):
-        return model.apply(params, xs, unroll=unroll)[0]
+        return model.apply(params, xs, **infer_options)[0]
+
+    if backward in FUSED:
+        try:  # trace once: jrnn raises ValueError for what the fused layer cannot run
+            jax.eval_shape(jax.grad(loss_fn), problem.params, problem.xs, problem.target)
+        except ValueError as e:
+            raise Unavailable(str(e).split("\n")[0]) from e
 
     params = problem.params
     xs, target = jnp.asarray(problem.xs), jnp.asarray(problem.target)
@@ -176,25 +190,28 @@ def build_torch(problem: Problem, threads: int | None = None, device: str = "cpu
         raise Unavailable("this torch build sees no CUDA device")
     threads = threads or os.cpu_count() or 1
     case = problem.case
-    if case.dtype != "float32":
-        raise Unavailable(f"torch peer runs float32 only, case is {case.dtype}")
+    if case.dtype != "float32" and not (device == "cuda" and case.dtype == "bfloat16"):
+        raise Unavailable(f"torch peer runs float32 only (bfloat16 too on CUDA), case is {case.dtype}")
+    dtype = getattr(torch, case.dtype)
+    tensor = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy()).to(dtype)  # noqa: E731 (ml_dtypes bf16 via f32)
     cls = {"vanilla": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
-    module = cls(case.D, case.H, num_layers=case.layers, bias=True, batch_first=True, bidirectional=case.bidirectional)
+    module = cls(case.D, case.H, num_layers=case.layers, bias=True, batch_first=True, bidirectional=case.bidirectional,
+                 dtype=dtype)  # fmt: skip
     suffixes = ["", "_reverse"] if case.bidirectional else [""]
     with torch.no_grad():
         for layer in range(case.layers):
             for suffix, p in zip(suffixes, _directions(problem, layer)):
                 get = lambda n: getattr(module, f"{n}_l{layer}{suffix}")  # noqa: B023, E731
-                get("weight_ih").copy_(torch.from_numpy(p[0].T.copy()))
-                get("weight_hh").copy_(torch.from_numpy(p[1].T.copy()))
-                get("bias_ih").copy_(torch.from_numpy(p[2].copy()))
+                get("weight_ih").copy_(tensor(p[0].T))
+                get("weight_hh").copy_(tensor(p[1].T))
+                get("bias_ih").copy_(tensor(p[2]))
                 if case.cell == "gru":
-                    get("bias_hh").copy_(torch.from_numpy(p[3].copy()))
+                    get("bias_hh").copy_(tensor(p[3]))
                 else:
                     get("bias_hh").zero_()
     module = module.to(device)
-    xs = torch.from_numpy(problem.xs).to(device)
-    target = torch.from_numpy(problem.target).to(device)
+    xs = tensor(problem.xs).to(device)
+    target = tensor(problem.target).to(device)
     params = list(module.parameters())
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -220,14 +237,14 @@ def build_torch(problem: Problem, threads: int | None = None, device: str = "cpu
         grads = []
         for layer in range(case.layers):
             for suffix in suffixes:
-                get = lambda n: getattr(module, f"{n}_l{layer}{suffix}").grad.cpu().numpy()  # noqa: B023, E731
+                get = lambda n: getattr(module, f"{n}_l{layer}{suffix}").grad.float().cpu().numpy()  # noqa: B023, E731
                 grads += [get("weight_ih").T, get("weight_hh").T, get("bias_ih")]
                 if case.cell == "gru":
                     grads.append(get("bias_hh"))
         return loss, grads
 
     note = f"torch threads {threads}" if device == "cpu" else f"torch on {torch.cuda.get_device_name()}"
-    return Built(train, infer, check_train, lambda: infer().cpu().numpy(), note=note)
+    return Built(train, infer, check_train, lambda: infer().float().cpu().numpy(), note=note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,6 +522,8 @@ def build_cudnn(problem: Problem) -> Built:
         raise Unavailable("jax.experimental.rnn implements the LSTM only")
     if jax.default_backend() != "gpu":
         raise Unavailable("jax.experimental.rnn needs a CUDA GPU (cuDNN)")
+    if case.dtype != "float32":
+        raise Unavailable(f"jax.experimental.rnn's cuDNN LSTM runs float32 only, case is {case.dtype}")
     from jax.experimental import rnn
 
     dirs = 2 if case.bidirectional else 1
@@ -569,5 +588,7 @@ PEERS: dict[str, Callable[[Problem], Built]] = {
     "numpy": build_numpy,
     "numpy-1t": lambda problem: build_numpy(problem, threads=1),
     "cudnn": build_cudnn,
+    "jrnn-cudnn": lambda problem: build_jrnn(problem, backward="cudnn"),
+    "jrnn-pallas": lambda problem: build_jrnn(problem, backward="pallas"),
 }
 """``name -> builder``; a builder raises ``Unavailable`` when it cannot run a case."""

@@ -39,7 +39,7 @@ BENCHMARKS = {
     "fit_overhead": "step time of jrnn.train.fit against a hand-written jitted loop on the same model and data",
     "scaling": "time vs T, B and H with fitted exponents",
     "quality": "tasks trained to their bars, time to reach them, chance baselines",
-    "gpu": "LSTM on GPU, float32 and bfloat16, vs cuDNN (skipped without a GPU)",
+    "gpu": "vanilla, LSTM, GRU on GPU, float32 and bfloat16, vs cuDNN and torch on CUDA (skipped without a GPU)",
 }
 """``name -> question``, in run order; each is the module ``benchmarks.<name>``."""
 

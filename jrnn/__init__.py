@@ -27,7 +27,7 @@ from jrnn.cells import (
 from jrnn.network import RNN, NetworkParams, Readout
 from jrnn.unroll import unroll
 
-from jrnn import bptt, datasets, diagnostics, losses, metrics, optim, parallel, scan, tasks, train  # noqa: E402
+from jrnn import bptt, datasets, diagnostics, kernels, losses, metrics, optim, parallel, scan, tasks, train  # noqa: E402
 
 __version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it
 

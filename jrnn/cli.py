@@ -424,9 +424,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--truncation", type=POSITIVE_INT, default=None,
         help="truncated BPTT: chunks of this many steps, the state carried across chunks, one "
              "update per chunk (default: full BPTT)")
-    add("--backward", choices=("autodiff", "bptt"), default="bptt",
+    add("--backward", choices=("autodiff", "bptt", "cudnn", "pallas"), default="bptt",
         help="gradient: the hand-written BPTT of jrnn.bptt or JAX autodiff (default: bptt, the "
-             "same gradients, faster)")
+             "same gradients, faster); on a GPU, cudnn (an LSTM through cuDNN) or pallas "
+             "(jrnn's fused kernels), see jrnn.kernels")
     add("--pool", choices=("final", "last", "mean", "max", "flatten"), default=None,
         help="pool each sequence into one output before the readout (jrnn.RNN(pool=...)): for "
              "tasks scored once per sequence (adding, temporal_order, digits, sunspots, aapl) "

@@ -517,7 +517,8 @@ class RNN:
           remat: recompute per-step intermediates in the backward pass instead of storing them.
           backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward, a
             ``jax.custom_vjp``: reverse mode only; forward mode such as ``jax.jvp`` or
-            ``jax.jacfwd`` needs ``"autodiff"``).
+            ``jax.jacfwd`` needs ``"autodiff"``); on a GPU ``"cudnn"`` or ``"pallas"``, fused
+            layers that run the forward pass too (``jrnn.kernels``).
           method: ``"sequential"`` or a parallel-in-time solve of each layer (``jrnn.unroll``).
 
         Returns:

@@ -42,14 +42,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrnn import parallel
+from jrnn._checks import fail
 from jrnn.cells.base import Cell, add_bias
+from jrnn.kernels import KERNELS
 from jrnn.parallel import METHODS, Method
 
 Array = jax.Array
 
-Backward = Literal["autodiff", "bptt"]
-BACKWARDS: tuple[str, ...] = ("autodiff", "bptt")
-"""The backward passes of ``backward=``: JAX's autodiff of the scan, or the hand-written BPTT."""
+Backward = Literal["autodiff", "bptt", "cudnn", "pallas"]
+BACKWARDS: tuple[str, ...] = ("autodiff", "bptt", *KERNELS)
+"""The backward passes of ``backward=``: JAX's autodiff of the scan, the hand-written BPTT, or a
+fused GPU layer that runs forward and backward itself (``jrnn.kernels``: cuDNN's LSTM, or jrnn's
+Pallas kernels)."""
 
 HOIST_MAX_BYTES = 1 << 20
 """``scan_autodiff`` hoists the input projection out of the loop only while the projected
@@ -638,7 +642,7 @@ def scan_bptt(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rema
     return _scan_bptt(cell, params, xs, carry, lengths, bool(reverse), int(unroll), bool(remat))
 
 
-SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt}
+SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt, **KERNELS}
 """``backward -> scan``: how ``scan_layer`` runs and differentiates one layer."""
 
 
@@ -651,6 +655,8 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     differentiated by its adjoint, which ``backward`` then solves (``unroll`` and ``remat`` do
     not apply).
     """
+    if method != "sequential" and backward in KERNELS:
+        fail(f"method with backward={backward!r}", "'sequential' (the fused layer runs the scan itself)", repr(method))
     if method == "sequential":
         xs = zero_skipped(xs, lengths)  # the parallel solve zeroes its own padding
         return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)

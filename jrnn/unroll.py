@@ -74,7 +74,9 @@ def unroll(
       remat: recompute each step in the backward pass instead of storing its intermediates.
       backward: ``"autodiff"`` (JAX) or ``"bptt"`` (the hand-written backward of ``jrnn.scan``,
         a ``jax.custom_vjp``: reverse mode only, so ``jax.jvp``, ``jax.jacfwd`` and
-        ``jax.hessian`` need ``"autodiff"``).
+        ``jax.hessian`` need ``"autodiff"``); on a GPU, ``"cudnn"`` (cuDNN's LSTM) or
+        ``"pallas"`` (jrnn's fused Pallas kernels), which run the forward pass too
+        (``jrnn.kernels``: plain cells, ``seq_lengths`` but no ``mask``, reverse mode only).
       method: ``"sequential"`` (the scan, one step after another), or a parallel-in-time solve of
         the whole trajectory: ``"newton"`` (DEER), ``"quasi_newton"`` (diagonal Jacobians) or
         ``"elk"`` (damped); see ``jrnn.parallel``, whose ``solve`` takes the same arguments plus

@@ -12,9 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SUBMODULES = ["bptt", "datasets", "diagnostics", "interop", "losses", "nnx", "optim", "scan", "tasks", "train"]
+SUBMODULES = ["bptt", "datasets", "diagnostics", "interop", "kernels", "losses", "nnx", "optim", "scan", "tasks", "train"]
 
-ORDER = ["_checks", "cells", "parallel", "scan", "unroll", "network"]
+ORDER = ["_checks", "cells", "parallel", "kernels", "scan", "unroll", "network"]
 """The dependency order of the core: each module imports only from those before it."""
 
 
