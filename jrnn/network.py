@@ -333,6 +333,12 @@ def loss_view(model: "RNN", ys: Array, seq_lengths):
 class RNN:
     """A stack of recurrent layers of one cell type. Frozen and hashable, so it can be static.
 
+    Every dropout (``dropout``, ``input_dropout``, ``recurrent_dropout``) is inverted (the kept
+    units scale by ``1/(1 − p)``), uses one mask per sequence, is drawn from ``apply``'s
+    ``dropout_key`` (``dropout_scales``, ``layer_dropout_scales``) and is off without it; the
+    hand-written backward (``backward="bptt"``, ``jrnn.bptt.value_and_grad``) applies the same
+    masks.
+
     Args:
       cell: the cell of every layer (``LSTMCell(64)``, ...).
       num_layers: layers stacked; layer l + 1 reads layer l's output.
@@ -361,11 +367,6 @@ class RNN:
         interpolation ``z·h``; an LSTM with ``proj_size`` masks the projected ``h``. Cells without
         a recurrent product (minGRU, minLSTM) refuse it, and so do the parallel ``method=`` solvers
         when a ``dropout_key`` is given.
-
-      Every dropout is inverted (the kept units scale by ``1/(1 − p)``), is drawn from ``apply``'s
-      ``dropout_key`` (``dropout_scales``, ``layer_dropout_scales``) and is off without it; the
-      hand-written backward (``backward="bptt"``, ``jrnn.bptt.value_and_grad``) applies the same
-      masks.
     """
 
     cell: Cell
