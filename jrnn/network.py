@@ -10,8 +10,11 @@
 bidirectional; a bidirectional layer feeds the next one ``concat([fwd, bwd], -1)``. ``carries`` has
 one entry per layer (a ``(fwd, bwd)`` pair when bidirectional); passing it back to ``apply``
 continues the sequence. Dropout (between layers, on every layer's output but the last, as PyTorch
-does) uses one mask per sequence drawn outside the scan (variational dropout); no ``dropout_key``
-means no dropout. The readout is per step, and outputs at padded steps are zero, readout included.
+does) uses one mask per sequence drawn outside the scan (variational dropout); ``input_dropout``
+and ``recurrent_dropout`` (Gal & Ghahramani 2016, Keras' ``dropout`` and ``recurrent_dropout``)
+mask each layer's input and the ``h`` entering its recurrent products, one mask per sequence too,
+the same at every step (``layer_dropout_scales``); no ``dropout_key`` means no dropout. The readout
+is per step, and outputs at padded steps are zero, readout included.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from jrnn._checks import (
 from jrnn.cells import Cell, check_cell, glorot_uniform
 from jrnn.cells.base import add_bias
 from jrnn.cells.init import InitPreset, torch_uniform
-from jrnn.scan import Backward, compute_dtype, scan_layer, step_mask
+from jrnn.scan import Backward, LayerDropout, compute_dtype, scan_layer, step_mask
 from jrnn.unroll import Method
 from jrnn.unroll import check_options, prepare_carry
 
@@ -82,6 +85,48 @@ def dropout_scales(model: "RNN", dropout_key, batch_size: int, dtype) -> list:
         mask = jax.random.bernoulli(keys[layer], keep, (batch_size, model.top_size))
         scales.append(mask.astype(dtype) / keep)
     return scales + [None]
+
+
+LAYER_DROPOUT_STREAM = 0x6A726E6E
+"""``layer_dropout_scales`` draws from ``jax.random.fold_in(dropout_key, LAYER_DROPOUT_STREAM)``,
+a stream apart from the keys ``dropout_scales`` splits off ``dropout_key`` (so the masks between
+layers stay what they were without ``input_dropout`` and ``recurrent_dropout``)."""
+
+
+def layer_dropout_scales(model: "RNN", dropout_key, batch_size: int, input_size: int, dtype) -> tuple:
+    """The multipliers ``mask / keep`` of ``input_dropout`` and ``recurrent_dropout`` inside each
+    layer: one ``LayerDropout(x, h)`` per direction, a tuple per layer, or None per direction when
+    neither applies (no key, or both rates zero). One mask per sequence, the same at every step.
+
+    ``x (B, D_l)`` multiplies layer l's input ``x_t`` before its projection (``D_l`` is
+    ``input_size`` for layer 0, ``top_size`` above); ``h (B, R)`` multiplies ``h_{t-1}`` where it
+    enters the recurrent products (``R = cell.output_size``); a field is None when its rate is 0.
+    Masks are ``jax.random.bernoulli(k, 1 − p, shape)`` with ``k = keys[l, d, 0]`` (input) or
+    ``keys[l, d, 1]`` (recurrent) of ``keys = jax.random.split(fold_in(dropout_key,
+    LAYER_DROPOUT_STREAM), (num_layers, num_directions, 2))``: independent per layer, direction and
+    kind. ``RNN.apply`` and ``jrnn.bptt.value_and_grad`` both draw them here.
+    """
+    dirs = model.num_directions
+    if dropout_key is None or (model.input_dropout <= 0.0 and model.recurrent_dropout <= 0.0):
+        return tuple((None,) * dirs for _ in range(model.num_layers))
+    keys = jax.random.split(jax.random.fold_in(dropout_key, LAYER_DROPOUT_STREAM), (model.num_layers, dirs, 2))
+
+    def draw(key, rate, size):
+        if rate <= 0.0:
+            return None
+        keep = 1.0 - rate
+        return jax.random.bernoulli(key, keep, (batch_size, size)).astype(dtype) / keep
+
+    return tuple(
+        tuple(
+            LayerDropout(
+                x=draw(keys[layer, d, 0], model.input_dropout, model.layer_input_size(layer, input_size)),
+                h=draw(keys[layer, d, 1], model.recurrent_dropout, model.cell.output_size),
+            )
+            for d in range(dirs)
+        )
+        for layer in range(model.num_layers)
+    )
 
 
 Merge = Literal["concat", "sum", "mean", "mul"]
@@ -288,6 +333,12 @@ def loss_view(model: "RNN", ys: Array, seq_lengths):
 class RNN:
     """A stack of recurrent layers of one cell type. Frozen and hashable, so it can be static.
 
+    Every dropout (``dropout``, ``input_dropout``, ``recurrent_dropout``) is inverted (the kept
+    units scale by ``1/(1 − p)``), uses one mask per sequence, is drawn from ``apply``'s
+    ``dropout_key`` (``dropout_scales``, ``layer_dropout_scales``) and is off without it; the
+    hand-written backward (``backward="bptt"``, ``jrnn.bptt.value_and_grad``) applies the same
+    masks.
+
     Args:
       cell: the cell of every layer (``LSTMCell(64)``, ...).
       num_layers: layers stacked; layer l + 1 reads layer l's output.
@@ -308,6 +359,14 @@ class RNN:
         input): ``"concat"`` (``(·, 2H)``, PyTorch's), ``"sum"``, ``"mean"`` or ``"mul"``
         (elementwise, ``(·, H)``), as Keras' ``Bidirectional(merge_mode=...)``. ``pool="final"``
         merges the two final states the same way.
+      input_dropout: inside every layer, on its input ``x_t`` (Keras' ``dropout``): one mask per
+        sequence and direction, the same at every step, applied before the input projection.
+      recurrent_dropout: inside every layer, on ``h_{t-1}`` where it enters the recurrent matrix
+        products (Keras' ``recurrent_dropout``; Gal & Ghahramani 2016): one mask per sequence and
+        direction, the same at every step. Not the LSTM's cell state ``c``, not the GRU's
+        interpolation ``z·h``; an LSTM with ``proj_size`` masks the projected ``h``. Cells without
+        a recurrent product (minGRU, minLSTM) refuse it, and so do the parallel ``method=`` solvers
+        when a ``dropout_key`` is given.
     """
 
     cell: Cell
@@ -318,6 +377,8 @@ class RNN:
     pool: Pool | None = None
     num_steps: int | None = None
     merge: Merge = "concat"
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
     def __post_init__(self):
         check_cell(self.cell)
@@ -325,6 +386,13 @@ class RNN:
         check_bool("bidirectional", self.bidirectional)
         check_optional_int("output_size", self.output_size)
         check_probability("dropout", self.dropout)
+        check_probability("input_dropout", self.input_dropout)
+        check_probability("recurrent_dropout", self.recurrent_dropout)
+        if self.recurrent_dropout > 0.0 and not self.cell.recurrent_product:
+            fail(
+                "recurrent_dropout", f"0.0 for {type(self.cell).__name__} (its gates read the input only: "
+                "there is no recurrent product to mask)", repr(self.recurrent_dropout),
+            )  # fmt: skip
         if self.pool is not None:
             check_choice("pool", self.pool, POOLS)
         check_choice("merge", self.merge, MERGES)
@@ -360,6 +428,11 @@ class RNN:
     def out_size(self) -> int:
         """Features of ``apply``'s output."""
         return self.output_size if self.output_size is not None else self.pooled_size
+
+    @property
+    def has_dropout(self) -> bool:
+        """Whether any dropout rate is positive (so that ``apply`` uses a ``dropout_key``)."""
+        return self.dropout > 0.0 or self.input_dropout > 0.0 or self.recurrent_dropout > 0.0
 
     def layer_input_size(self, layer: int, input_size: int) -> int:
         """Features layer ``layer`` reads: ``input_size`` for layer 0, ``top_size`` above it."""
@@ -511,7 +584,8 @@ class RNN:
           mask: booleans laid out like ``xs`` without its feature axis, for gaps and left padding
             (Keras' semantics, as in ``jrnn.unroll``): a masked step keeps every layer's carry and
             outputs zeros; the backward direction reads the unmasked steps backwards.
-          dropout_key: a ``jax.random`` key for ``dropout`` (None: no dropout).
+          dropout_key: a ``jax.random`` key for ``dropout``, ``input_dropout`` and
+            ``recurrent_dropout`` (None: no dropout).
           time_major: ``xs`` and ``ys`` are ``(T, B, ·)``.
           unroll: steps per scan iteration (``lax.scan``'s ``unroll``).
           remat: recompute per-step intermediates in the backward pass instead of storing them.
@@ -530,8 +604,13 @@ class RNN:
         layout, steps, carries, _ = self.check_inputs(
             params, xs, carries, seq_lengths, time_major=time_major, mask=mask
         )
-        if dropout_key is None or self.dropout == 0.0:
+        if dropout_key is None or not self.has_dropout:
             dropout_key = None
+        if dropout_key is not None and self.recurrent_dropout > 0.0 and method != "sequential":
+            fail(
+                "recurrent_dropout", f"0.0 with method={method!r} (recurrent dropout needs method='sequential'; "
+                "without a dropout_key the parallel methods run)", repr(self.recurrent_dropout),
+            )  # fmt: skip
         return _forward(
             self, params, xs, carries, steps, dropout_key,
             layout=layout, unroll=int(unroll), remat=bool(remat), backward=backward, method=method,
@@ -549,9 +628,11 @@ def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout
     else:
         carries = layout.carry_to_scan(carries)
 
+    drops = layer_dropout_scales(model, dropout_key, B, xs.shape[-1], dtype)
+
     def run_layer(layer, direction, p, h, carry, reverse):
         carry_T, ys = scan_layer(model.cell, p, h, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,
-                                 backward=backward, method=method)  # fmt: skip
+                                 backward=backward, method=method, dropout=drops[layer][direction])  # fmt: skip
         return carry_T, ys, None
 
     scales = dropout_scales(model, dropout_key, B, dtype)

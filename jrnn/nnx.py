@@ -58,8 +58,9 @@ class RNN(nnx.Module):
     Args:
       cell: a jrnn cell (``VanillaCell``, ``LSTMCell`` or ``GRUCell``).
       input_size: features of the inputs.
-      num_layers, bidirectional, output_size, dropout: as for ``jrnn.RNN``. Dropout applies between
-        layers with one mask per sequence (variational), drawn from the ``rng_collection`` stream.
+      num_layers, bidirectional, output_size, dropout, input_dropout, recurrent_dropout: as for
+        ``jrnn.RNN``. Each dropout uses one mask per sequence (variational), drawn from the
+        ``rng_collection`` stream.
       param_dtype: dtype of the initial parameters.
       deterministic: ``False`` (NNX's default for ``nnx.Dropout``): dropout is on; ``True``: off.
         ``module.train()`` / ``module.eval()`` / ``nnx.view(module, deterministic=...)`` set it, and
@@ -67,7 +68,7 @@ class RNN(nnx.Module):
       rng_collection: the ``nnx.Rngs`` stream that dropout masks come from (``"dropout"``).
       params: existing ``NetworkParams`` to hold instead of fresh ones (see ``from_params``).
       rngs: ``nnx.Rngs``; ``rngs.params()`` initializes the weights, and the ``rng_collection``
-        stream is forked for dropout (needed only when ``dropout > 0``).
+        stream is forked for dropout (needed only when a dropout rate is positive).
     """
 
     def __init__(
@@ -79,6 +80,8 @@ class RNN(nnx.Module):
         bidirectional: bool = False,
         output_size: int | None = None,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
         param_dtype=jnp.float32,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
@@ -91,6 +94,8 @@ class RNN(nnx.Module):
             bidirectional=bidirectional,
             output_size=output_size,
             dropout=dropout,
+            input_dropout=input_dropout,
+            recurrent_dropout=recurrent_dropout,
         )
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
@@ -108,7 +113,7 @@ class RNN(nnx.Module):
         self.rng_collection = rng_collection
         self.layers = nnx.data(_as_params(tuple(params.layers)))
         self.readout = nnx.data(None if params.readout is None else _as_params(params.readout))
-        if dropout > 0.0 and rngs is not None:
+        if spec.has_dropout and rngs is not None:
             self.rngs = rngs[rng_collection].fork()
         else:
             self.rngs = nnx.data(None)
@@ -125,7 +130,7 @@ class RNN(nnx.Module):
     ) -> "RNN":
         """Wrap a ``jrnn.RNN`` and its ``NetworkParams`` (e.g. from ``jrnn.interop.from_torch``).
 
-        ``rngs`` is only needed for dropout (``model.dropout > 0`` in train mode).
+        ``rngs`` is only needed for dropout (a positive dropout rate in train mode).
         """
         if not isinstance(model, _RNNSpec):
             raise TypeError(f"model must be a jrnn.RNN, got {type(model).__name__}")
@@ -137,6 +142,8 @@ class RNN(nnx.Module):
             bidirectional=model.bidirectional,
             output_size=model.output_size,
             dropout=model.dropout,
+            input_dropout=model.input_dropout,
+            recurrent_dropout=model.recurrent_dropout,
             deterministic=deterministic,
             rng_collection=rng_collection,
             params=params,
@@ -205,22 +212,23 @@ class RNN(nnx.Module):
 
     # -- the forward pass --------------------------------------------------------------------
     def _dropout_key(self, deterministic, rngs):
-        if self.spec.dropout == 0.0:
+        if not self.spec.has_dropout:
             return None
         if deterministic is None:
             deterministic = self.deterministic
         if deterministic is None:
             raise ValueError(
                 "deterministic must be given to RNN (in the constructor, by module.train()/eval(), or to "
-                "__call__) when dropout > 0, got None"
+                "__call__) when a dropout rate is positive, got None"
             )
         if deterministic:
             return None
         source = rngs if rngs is not None else self.rngs
         if source is None:
             raise ValueError(
-                f"rngs: dropout={self.spec.dropout} in train mode (deterministic=False) needs an nnx.Rngs with "
-                f"a {self.rng_collection!r} (or default) stream, in the constructor or __call__, got None"
+                f"rngs: dropout (dropout={self.spec.dropout}, input_dropout={self.spec.input_dropout}, "
+                f"recurrent_dropout={self.spec.recurrent_dropout}) in train mode (deterministic=False) needs an "
+                f"nnx.Rngs with a {self.rng_collection!r} (or default) stream, in the constructor or __call__, got None"
             )
         if isinstance(source, nnx.Rngs):
             return source[self.rng_collection]()

@@ -27,6 +27,13 @@ the loop the weight gradients ``Σ_t x_tᵀ d_a_t``, ``Σ_t h_{t-1}ᵀ d_a_t`` a
 are single GEMMs over ``T·B`` rows. With ``remat`` only the carries are kept, and the backward
 recomputes the residuals chunk by chunk (two GEMMs per chunk) just before its loop reaches them.
 
+Dropout inside a layer (``RNN(input_dropout=, recurrent_dropout=)``) comes as a ``LayerDropout``
+of two multipliers, the same at every step: ``x (B, D)`` scales the inputs once, before the one
+projection GEMM (exact, since the mask does not change over time), and ``h (B, R)`` is the cell's
+``h_scale`` (``jrnn.cells.base``), passed to every ``forward_step`` and ``backward_step``. The
+backward scales the input gradient by ``x`` and gives ``param_grads`` the inputs and the entering
+``h`` as the products saw them. Without dropout (None) no step does any extra work.
+
 Memory, in units of one ``(T, B, H)`` array, for the LSTM: the reserve 4, the carries 2, the
 materialized ``h_{t-1}`` 1, plus the incoming ``d_ys``; with ``remat`` the carries 2 plus one
 chunk. Autodiff of the same scan keeps about 3x more (``benchmarks/bptt_memory.py``).
@@ -75,6 +82,24 @@ _put = jax.lax.dynamic_update_index_in_dim
 
 # --------------------------------------------------------------------------------------------
 # Small shared pieces
+
+
+class LayerDropout(NamedTuple):
+    """The dropout multipliers (mask divided by the keep probability) of one direction of one
+    layer, the same at every step; either may be None (that dropout is off)."""
+
+    x: Array | None  # (B, D): multiplies every step's input x_t
+    h: Array | None  # (B, R): multiplies h_{t-1} where it enters the recurrent products (h_scale)
+
+
+def _scales(dropout: LayerDropout | None) -> tuple:
+    """``(x_scale, h_scale)``, each None when off."""
+    return (None, None) if dropout is None else (dropout.x, dropout.h)
+
+
+def _times(a: Array, scale: Array | None) -> Array:
+    """``a (T, B, ·)`` times a per-sequence ``scale (B, ·)``, the same at every step (None: ``a``)."""
+    return a if scale is None else a * scale[None]
 
 
 def compute_dtype(xs, params):
@@ -258,14 +283,18 @@ def _against(reverse):
 # The autodiff scan
 
 
-def scan_autodiff(cell: Cell, params, xs: Array, carry, lengths, *, reverse=False, unroll=1, remat=False):
+def scan_autodiff(cell: Cell, params, xs: Array, carry, lengths, *, reverse=False, unroll=1, remat=False,
+                  dropout: LayerDropout | None = None):  # fmt: skip
     """The scan of ``cell.step``; returns ``(carry_T, ys (T, B, H))``, differentiated by JAX.
 
     A short sequence gets the input projection of every step as one GEMM before the loop; a longer
     one (past ``HOIST_MAX_BYTES``) projects each step's input inside the loop instead. With
-    ``lengths`` a padded step leaves its carry unchanged and outputs zeros.
+    ``lengths`` a padded step leaves its carry unchanged and outputs zeros. ``dropout`` scales the
+    inputs and the recurrent ``h`` (``LayerDropout``).
     """
     T, B = xs.shape[:2]
+    x_scale, h_scale = _scales(dropout)
+    xs = _times(xs, x_scale)  # input dropout: one mask per sequence
     if T * B * cell.gate_size * jnp.dtype(xs.dtype).itemsize <= HOIST_MAX_BYTES:
         xs = cell.project_inputs(params, xs)  # (T, B, G): one GEMM for all steps
 
@@ -280,14 +309,14 @@ def scan_autodiff(cell: Cell, params, xs: Array, carry, lengths, *, reverse=Fals
     if lengths is None:
 
         def body(carry, x_t):
-            return cell.step(params, carry, project(x_t))
+            return cell.step(params, carry, project(x_t), h_scale)
 
         seq = xs
     else:
 
         def body(carry, inputs):
             x_t, m_t = inputs
-            new, y = cell.step(params, carry, project(x_t))
+            new, y = cell.step(params, carry, project(x_t), h_scale)
             m = m_t[:, None]
             new = tree_where(m, new, carry)
             return new, jnp.where(m, y, jnp.zeros_like(y))
@@ -327,9 +356,9 @@ def has_residuals(cell: Cell, params, xs: Array, carry0) -> bool:
     return bool(_reserve_layout(cell, params, carry0, xs[:1] @ params.w_x)[1])
 
 
-def _run_forward(cell, params, xs, carry0, m, reverse, unroll):
-    """The forward loop over ``xs (n, B, D)``; ``(carry_T, states, reserve)``, ``reserve`` None
-    for a cell without residuals."""
+def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None):
+    """The forward loop over ``xs (n, B, D)`` (already scaled by input dropout); ``(carry_T,
+    states, reserve)``, ``reserve`` None for a cell without residuals."""
     n = xs.shape[0]
     xw = xs @ params.w_x  # (n, B, G): one GEMM for all steps; the bias joins in the loop
     bias = cell.input_bias(params)
@@ -339,7 +368,7 @@ def _run_forward(cell, params, xs, carry0, m, reverse, unroll):
 
         def step(carry, inputs):
             xw_t, m_t = inputs
-            new, _ = cell.forward_step(params, carry, add_bias(xw_t, bias))
+            new, _ = cell.forward_step(params, carry, add_bias(xw_t, bias), h_scale)
             return (new, new) if m_t is None else _masked(m_t[:, None], new, carry)
 
         carry_T, states = jax.lax.scan(step, carry0, (xw, m), reverse=reverse, unroll=unroll)
@@ -354,7 +383,7 @@ def _run_forward(cell, params, xs, carry0, m, reverse, unroll):
     def step(state, inputs):
         carry, bufs, rows = state
         t, m_t = inputs
-        new, res = cell.forward_step(params, carry, add_bias(rows[0], bias))
+        new, res = cell.forward_step(params, carry, add_bias(rows[0], bias), h_scale)
         res = tuple(jax.tree_util.tree_leaves(res))
         if overlay:
             bufs, rows = _write_then_read(bufs, res, t, t_next(t))
@@ -371,27 +400,31 @@ def _run_forward(cell, params, xs, carry0, m, reverse, unroll):
     return carry_T, states, reserve
 
 
-def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep="reserve", remat_chunk=None):
+def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep="reserve", remat_chunk=None,
+            dropout: LayerDropout | None = None):  # fmt: skip
     """Run one layer; return ``(carry_T, ys, residuals)``.
 
     ``keep`` is ``"reserve"`` (residuals and carries, for ``backward``), ``"carries"`` (carries
     only; the backward recomputes) or ``"none"`` (inference: ``residuals`` is None). With
     ``"carries"`` the input projection is done chunk by chunk too (``remat_chunk`` steps, as in
-    ``backward``), so that no ``(T, B, G)`` array exists at any point.
+    ``backward``), so that no ``(T, B, G)`` array exists at any point. ``dropout`` scales the
+    inputs and the recurrent ``h`` (``LayerDropout``); ``backward`` takes the same.
     """
     T = xs.shape[0]
     valid = step_mask(lengths, T)
+    x_scale, h_scale = _scales(dropout)
+    xs = _times(xs, x_scale)  # input dropout: one mask per sequence, before the projection
     if keep == "carries" and has_residuals(cell, params, xs, carry0):
         size = _chunk_size(remat_chunk, T, xs.shape[1], cell.gate_size)
-        carry_T, states = _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size)
+        carry_T, states = _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, h_scale)
         return carry_T, cell.output(states), Residuals(states, None)
-    carry_T, states, reserve = _run_forward(cell, params, xs, carry0, valid, reverse, unroll)
+    carry_T, states, reserve = _run_forward(cell, params, xs, carry0, valid, reverse, unroll, h_scale)
     if keep == "none":
         return carry_T, cell.output(states), None
     return carry_T, cell.output(states), Residuals(states, reserve if keep == "reserve" else None)
 
 
-def _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size):
+def _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, h_scale):
     """``_run_forward`` over chunks of ``size`` steps; the carries go into ``(T, B, ·)`` buffers."""
     T = xs.shape[0]
     count, rest = divmod(T, size)
@@ -400,7 +433,7 @@ def _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size):
     def chunk(s, n, acc):
         carry, states = acc
         sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
-        carry, part, _ = _run_forward(cell, params, sl(xs), carry, sl(valid), reverse, unroll)
+        carry, part, _ = _run_forward(cell, params, sl(xs), carry, sl(valid), reverse, unroll, h_scale)
         put = lambda buf, p: jax.lax.dynamic_update_slice_in_dim(buf, p, s, axis=0)  # noqa: E731
         return carry, jax.tree_util.tree_map(put, states, part)
 
@@ -455,7 +488,7 @@ class _Segment(NamedTuple):
     first: Any  # the carry entering the segment's first processed step when none is stored
 
 
-def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unroll):
+def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unroll, h_scale=None):
     """The reverse loop over a segment whose residuals are in ``reserve`` (None: the cell keeps
     none); returns ``(d_carry0, d_pre)``, ``d_pre`` written over the reserve when it fits."""
     st_leaves, carry_def = jax.tree_util.tree_flatten(seg.states)
@@ -478,7 +511,7 @@ def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unro
         if m_t is not None:
             d_new = tree_where(m_t[:, None], d_new, tree_zeros_like(d_new))  # padded: no gradient in
         res = jax.tree_util.tree_unflatten(res_def, list(rows))
-        d_pre, d_carry_tm1 = cell.backward_step(params, res, carry_tm1, carry, d_new)
+        d_pre, d_carry_tm1 = cell.backward_step(params, res, carry_tm1, carry, d_new, h_scale)
         if m_t is not None:
             d_carry_tm1 = tree_where(m_t[:, None], d_carry_tm1, d_carry)  # padded: carry_t = carry_tm1
         if cut_t is not None:
@@ -534,13 +567,16 @@ def backward(
     cuts=None,
     need_d_xs=True,
     remat_chunk=None,
+    dropout: LayerDropout | None = None,
 ):
     """The backward of ``forward``: ``(d_params, d_xs, d_carry0)``.
 
     ``residuals`` is what ``forward`` kept; ``d_ys (T, B, H)`` and ``d_carry_T`` are the
     cotangents of the outputs and of the final carry. ``cuts`` (``(T,)`` booleans, see
     ``truncation_cuts``) zero the gradient into the carry entering those steps.
-    ``need_d_xs=False`` skips the input-gradient GEMM (``d_xs`` is then None).
+    ``need_d_xs=False`` skips the input-gradient GEMM (``d_xs`` is then None). ``dropout`` is
+    the forward's: ``d_xs`` comes back through the input mask, and the weight gradients read the
+    scaled inputs and the scaled entering ``h``.
 
     When the residuals hold no reserve (``keep="carries"``) they are recomputed chunk by chunk,
     ``remat_chunk`` steps at a time (default ``remat_chunk_steps``): per chunk, two GEMMs rebuild
@@ -555,6 +591,8 @@ def backward(
     cuts = None if cuts is None else jnp.asarray(cuts)
     states, reserve = residuals
     num_leaves = len(jax.tree_util.tree_leaves(carry0))
+    x_scale, h_scale = _scales(dropout)
+    xs = _times(xs, x_scale)  # the inputs as the projection saw them
     if reserve is not None or not has_residuals(cell, params, xs, carry0):
         # the whole sequence as one segment; the h entering each step is materialized for the
         # d_w_h GEMM, the other carry parts (the LSTM's c) are read from the stored carries
@@ -566,9 +604,10 @@ def backward(
                     zip(jax.tree_util.tree_leaves(states), jax.tree_util.tree_leaves(carry0))]  # fmt: skip
             h_prev = prev[0]
         seg = _Segment(xs, d_ys, valid, before, cuts, states, prev, carry0)
-        d_carry0, d_pre = _reverse_loop(cell, params, seg, reserve, d_carry_T, reverse, unroll)
-        d_params = cell.param_grads(params, xs, h_prev, d_pre)
-        return d_params, (cell.input_grads(params, d_pre) if need_d_xs else None), d_carry0
+        d_carry0, d_pre = _reverse_loop(cell, params, seg, reserve, d_carry_T, reverse, unroll, h_scale)
+        d_params = cell.param_grads(params, xs, _times(h_prev, h_scale), d_pre)  # h as w_h saw it
+        d_xs = _times(cell.input_grads(params, d_pre), x_scale) if need_d_xs else None  # xs · x_scale
+        return d_params, d_xs, d_carry0
 
     size = _chunk_size(remat_chunk, T, xs.shape[1], cell.gate_size)
     count, rest = divmod(T, size)
@@ -584,11 +623,14 @@ def backward(
         prev = jax.tree_util.tree_map(entering_rows, states, carry0)
         part = jax.tree_util.tree_map(sl, states)
         seg = _Segment(sl(xs), sl(d_ys), sl(valid), sl(before), sl(cuts), part, jax.tree_util.tree_leaves(prev), carry0)
-        _, recomputed = cell.forward_step(params, prev, cell.project_inputs(params, seg.xs))  # two GEMMs
-        d_carry, d_pre = _reverse_loop(cell, params, seg, recomputed, d_carry, reverse, unroll)
-        d_params = jax.tree_util.tree_map(jnp.add, d_params, cell.param_grads(params, seg.xs, cell.output(prev), d_pre))
+        h_scale_n = None if h_scale is None else h_scale[None]  # the same for the chunk's n steps
+        _, recomputed = cell.forward_step(params, prev, cell.project_inputs(params, seg.xs), h_scale_n)  # two GEMMs
+        d_carry, d_pre = _reverse_loop(cell, params, seg, recomputed, d_carry, reverse, unroll, h_scale)
+        d_part = cell.param_grads(params, seg.xs, _times(cell.output(prev), h_scale), d_pre)
+        d_params = jax.tree_util.tree_map(jnp.add, d_params, d_part)
         if need_d_xs:
-            d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, cell.input_grads(params, d_pre), s, axis=0)
+            d_x = _times(cell.input_grads(params, d_pre), x_scale)  # xs · x_scale
+            d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_x, s, axis=0)
         return d_carry, d_params, d_xs
 
     d_xs = jnp.zeros_like(xs) if need_d_xs else None
@@ -602,44 +644,53 @@ def backward(
 # The custom rule behind backward="bptt"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def _scan_bptt(cell, params, xs, carry, lengths, reverse, unroll, remat):
-    carry_T, ys, _ = forward(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep="none")
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8))
+def _scan_bptt(cell, params, xs, carry, lengths, dropout, reverse, unroll, remat):
+    carry_T, ys, _ = forward(
+        cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep="none", dropout=dropout
+    )
     return carry_T, ys
 
 
-def _scan_bptt_fwd(cell, params, xs, carry, lengths, reverse, unroll, remat):
+def _scan_bptt_fwd(cell, params, xs, carry, lengths, dropout, reverse, unroll, remat):
     keep = "carries" if remat else "reserve"
-    carry_T, ys, kept = forward(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep=keep)
-    return (carry_T, ys), (params, xs, carry, lengths, kept)
+    carry_T, ys, kept = forward(
+        cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep=keep, dropout=dropout
+    )
+    return (carry_T, ys), (params, xs, carry, lengths, dropout, kept)
 
 
 def _scan_bptt_bwd(cell, reverse, unroll, remat, residuals, cotangents):
-    params, xs, carry, lengths, kept = residuals
+    params, xs, carry, lengths, dropout, kept = residuals
     d_carry_T, d_ys = cotangents
     d_params, d_xs, d_carry0 = backward(
-        cell, params, xs, carry, lengths, kept, d_ys, d_carry_T, reverse=reverse, unroll=unroll
+        cell, params, xs, carry, lengths, kept, d_ys, d_carry_T, reverse=reverse, unroll=unroll, dropout=dropout
     )
-    # lengths are integers: no cotangent
-    return cast_like(d_params, params), d_xs.astype(xs.dtype), cast_like(d_carry0, carry), None
+    # lengths are integers, and the dropout masks are constants: no cotangent
+    d_dropout = None if dropout is None else tree_zeros_like(dropout)
+    return cast_like(d_params, params), d_xs.astype(xs.dtype), cast_like(d_carry0, carry), None, d_dropout
 
 
 _scan_bptt.defvjp(_scan_bptt_fwd, _scan_bptt_bwd)
 
 
-def scan_bptt(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False):
+def scan_bptt(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False,
+              dropout: LayerDropout | None = None):  # fmt: skip
     """One layer differentiated by the hand-written fast backward: ``(carry_T, ys (T, B, H))``,
     the same values as ``scan_autodiff``.
 
     Between the forward and the backward it keeps the residuals and the per-step carries; with
     ``remat=True`` only the carries, and the backward recomputes the residuals chunk by chunk.
-    ``unroll`` is ``lax.scan``'s, in both loops.
+    ``unroll`` is ``lax.scan``'s, in both loops. ``dropout`` (``LayerDropout``) is applied by the
+    hand-written forward and backward both.
     """
     dtype = compute_dtype(xs, params)
     if any(a.dtype != dtype for a in jax.tree_util.tree_leaves(params)):
         params = cast_tree(params, dtype)
     xs = xs.astype(dtype)
-    return _scan_bptt(cell, params, xs, carry, lengths, bool(reverse), int(unroll), bool(remat))
+    if dropout is not None:
+        dropout = LayerDropout(*(None if a is None else a.astype(dtype) for a in dropout))
+    return _scan_bptt(cell, params, xs, carry, lengths, dropout, bool(reverse), int(unroll), bool(remat))
 
 
 SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt, **KERNELS}
@@ -647,19 +698,24 @@ SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt, **KERNELS}
 
 
 def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False, backward="autodiff",
-               method="sequential"):  # fmt: skip
+               method="sequential", dropout: LayerDropout | None = None):  # fmt: skip
     """One layer with the chosen backward (time-major, validated inputs): ``(carry_T, ys)``.
 
     ``method="sequential"`` runs the scans above; ``"newton"``, ``"quasi_newton"`` and ``"elk"``
     solve the trajectory in parallel over time (``jrnn.parallel.solve_layer``, default options),
     differentiated by its adjoint, which ``backward`` then solves (``unroll`` and ``remat`` do
-    not apply).
+    not apply). ``dropout`` (``LayerDropout``) scales the inputs and the recurrent ``h``; the
+    parallel methods take input dropout only (``RNN.apply`` refuses recurrent dropout there).
     """
     if method != "sequential" and backward in KERNELS:
         fail(f"method with backward={backward!r}", "'sequential' (the fused layer runs the scan itself)", repr(method))
     if method == "sequential":
         xs = zero_skipped(xs, lengths)  # the parallel solve zeroes its own padding
-        return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
+        return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,
+                               dropout=dropout)  # fmt: skip
+    x_scale, h_scale = _scales(dropout)
+    assert h_scale is None, "recurrent dropout needs method='sequential'"
+    xs = _times(xs, x_scale)  # input dropout, before the solve
     carry_T, ys, _ = parallel.solve_layer(cell, params, xs, carry, lengths, method=method, reverse=reverse,
                                           backward=backward)  # fmt: skip
     return carry_T, ys

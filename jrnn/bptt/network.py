@@ -5,7 +5,8 @@ layer run by ``jrnn.scan.forward``, keeping its residuals; the pooling of a sequ
 (``jrnn.network.pool``), the readout and the loss, which comes with its derivative from
 ``jrnn.losses`` (``mse`` / ``cross_entropy``, both closed form). Backward: the readout, the
 pooling (``jrnn.network.pool_vjp``), then the layers from the top down, each dropout mask and
-direction in turn, with ``jrnn.scan.backward``.
+direction in turn, with ``jrnn.scan.backward`` (which applies the layer's ``input_dropout`` and
+``recurrent_dropout`` masks itself, as ``jrnn.scan.forward`` did).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jrnn.network import (
     Readout,
     directions,
     dropout_scales,
+    layer_dropout_scales,
     merge_vjp,
     pool,
     pool_vjp,
@@ -62,7 +64,8 @@ def value_and_grad(
       seq_lengths: ``(B,)`` ints, as for ``apply``; padded steps are neither run nor scored.
       truncation: None, or ``k`` to cut the gradient through every layer's carry (both
         directions) between positions ``jk - 1`` and ``jk``; the state still flows forward.
-      dropout_key: a ``jax.random`` key for ``model.dropout`` (the same masks as ``apply``).
+      dropout_key: a ``jax.random`` key for ``model.dropout``, ``input_dropout`` and
+        ``recurrent_dropout`` (the same masks as ``apply``).
       carries: initial carries as for ``apply`` (zeros when None).
       remat: keep only the per-step carries of every layer and recompute the gate activations
         chunk by chunk in the backward (``jrnn.scan``).
@@ -81,13 +84,14 @@ def value_and_grad(
     carries = model.initial_carries((B,), dtype) if carries is None else model.check_carries(carries, (B,), dtype)
     p = cast_tree(params, dtype)
     scales = dropout_scales(model, dropout_key, B, dtype)
+    drops = layer_dropout_scales(model, dropout_key, B, xs.shape[-1], dtype)
     cell = model.cell
 
     # ---- forward, keeping each layer's input and each direction's residuals
     keep = "carries" if remat else "reserve"
 
     def run_layer(layer, direction, p_d, h, carry, reverse):
-        return scan.forward(cell, p_d, h, carry, lengths, reverse=reverse, keep=keep)
+        return scan.forward(cell, p_d, h, carry, lengths, reverse=reverse, keep=keep, dropout=drops[layer][direction])
 
     xs_t = scan.zero_skipped(layout.to_scan(xs.astype(dtype)), lengths)  # padding is never read
     top, finals, kept, inputs = stack(model, p, xs_t, carries, run_layer, scales)
@@ -131,6 +135,7 @@ def value_and_grad(
             d_p, d_x, _ = scan.backward(
                 cell, p_d, inputs[layer], c0s[k], lengths, kept[layer][k], d_y, d_final,
                 reverse=(k == 1), cuts=truncation_cuts(T, truncation, reverse=(k == 1)), need_d_xs=layer > 0,
+                dropout=drops[layer][k],
             )  # fmt: skip
             d_dirs.append(d_p)
             if d_x is not None:

@@ -12,22 +12,32 @@ Shapes: ``x (*batch, D)``; carries are pytrees whose leaves are ``(*batch, ·)``
 
 A cell implements::
 
-    forward_step(params, carry_tm1, xp_t) -> (carry, residuals)
+    forward_step(params, carry_tm1, xp_t, h_scale=None) -> (carry, residuals)
         one step from the projected input ``xp_t = x_t @ w_x + b``; ``residuals`` is what the
         step backward needs beyond the carries (None, an array or a tuple of arrays, each
         ``(*batch, ·)``). Any leading axes work, so the same function recomputes the gate
         activations of many steps at once (``(T, B, ·)``).
-    backward_step(params, residuals, carry_tm1, carry, d_carry) -> (d_pre, d_carry_tm1)
+    backward_step(params, residuals, carry_tm1, carry, d_carry, h_scale=None) -> (d_pre, d_carry_tm1)
         the step backward: from the cotangent of the carry after the step (the output's
         included) to the pre-activation gradients ``d_pre`` and the carry's cotangent before it.
     param_grads(params, xs, h_prev, d_pre) -> d_params
         the weight gradients as sums over every leading axis (one GEMM over ``T·B`` rows in the
-        fast form, one step's batch in the reference form);
+        fast form, one step's batch in the reference form); ``h_prev`` is the ``h`` entering each
+        step as it enters the recurrent product (times ``h_scale`` under recurrent dropout);
     input_grads(params, d_pre) -> d_xs
         the input cotangent.
 
 The default ``param_grads`` and ``input_grads`` serve cells whose pre-activation is ``a = x w_x + h w_h + b`` with
 ``d_pre = d_a`` (vanilla, LSTM).
+
+Recurrent dropout (Gal & Ghahramani 2016) is one hook: ``h_scale`` ``(*batch, R)`` (``R`` the size
+of ``h``), a dropout mask divided by the keep probability, multiplies ``h_{t-1}`` wherever it enters
+a recurrent matrix product, and nowhere else (not in the GRU's ``z·h``, not the LSTM's ``c``).
+A cell writes ``recurrent(h_tm1, h_scale)`` at those products in ``forward_step`` and
+``recurrent(d, h_scale)`` on the cotangent coming back out of them in ``backward_step``; None (no
+dropout) costs nothing. The drivers pass the same ``h_scale`` at every step, and the masked
+``h_prev`` to ``param_grads``. A cell without a recurrent product (``recurrent_product = False``:
+minGRU, minLSTM) takes no ``h_scale``, and ``RNN`` refuses ``recurrent_dropout`` for it.
 
 A cell's options (the LSTM's ``proj_size``, ``peepholes``, ``layer_norm``; the GRU's
 ``reset_after``, ``layer_norm``) add fields after the existing ones in its params NamedTuple, None
@@ -78,6 +88,13 @@ def tanh_slope(t: Array) -> Array:
     return 1.0 - t * t
 
 
+def recurrent(h: Array, h_scale: Array | None) -> Array:
+    """``h`` as it enters a recurrent matrix product: ``h·h_scale`` under recurrent dropout, ``h``
+    itself without (``h_scale`` None). The same function scales the cotangent coming back out of
+    that product."""
+    return h if h_scale is None else h * h_scale
+
+
 def scale(a: Array, w: Array) -> Array:
     """``a * w`` with ``w (n,)`` broadcast explicitly over the leading axes of ``a (..., n)``: a
     diagonal weight (peephole, layer-norm gain)."""
@@ -119,6 +136,9 @@ class Cell:
     gate_names: ClassVar[tuple[str, ...]] = ("w_h",)
     carry_parts: ClassVar[tuple[str, ...]] = ("h",)
     """The carry's named parts (``("h",)``, or the fields of a carry NamedTuple, ``h`` first)."""
+    recurrent_product: ClassVar[bool] = True
+    """``h`` enters a recurrent matrix product ``h @ w_h`` (where recurrent dropout's ``h_scale``
+    applies); False for cells whose gates read the input only."""
 
     def __post_init__(self):
         check_int("hidden_size", self.hidden_size)
@@ -219,12 +239,14 @@ class Cell:
         """``x @ w_x + b``: the part of a step that does not depend on the carry, ``(..., G)``."""
         return add_bias(x @ params.w_x, self.input_bias(params))
 
-    def forward_step(self, params, carry_tm1, xp_t):
-        """One step from a projected input: ``(carry, residuals)`` (module docstring)."""
+    def forward_step(self, params, carry_tm1, xp_t, h_scale=None):
+        """One step from a projected input: ``(carry, residuals)`` (module docstring); ``h_scale``
+        the recurrent dropout multiplier of ``h_tm1`` or None."""
         raise NotImplementedError
 
-    def backward_step(self, params, residuals, carry_tm1, carry, d_carry):
-        """The step backward: ``(d_pre, d_carry_tm1)`` (module docstring)."""
+    def backward_step(self, params, residuals, carry_tm1, carry, d_carry, h_scale=None):
+        """The step backward: ``(d_pre, d_carry_tm1)`` (module docstring), with the ``h_scale`` of
+        the forward step."""
         raise NotImplementedError
 
     def param_grads(self, params, xs: Array, h_prev: Array, d_pre):
@@ -241,9 +263,10 @@ class Cell:
         """``d_xs`` from ``d_pre = d_a``: ``a = xs @ w_x + ...``, backprop into x."""
         return d_pre @ params.w_x.T
 
-    def step(self, params, carry, xp_t):
-        """One step from a projected input ``xp_t`` (see ``project_inputs``): ``(carry, y_t)``."""
-        carry, _ = self.forward_step(params, carry, xp_t)
+    def step(self, params, carry, xp_t, h_scale=None):
+        """One step from a projected input ``xp_t`` (see ``project_inputs``): ``(carry, y_t)``;
+        ``h_scale`` the recurrent dropout multiplier of the entering ``h``, or None."""
+        carry, _ = self.forward_step(params, carry, xp_t, h_scale)
         return carry, self.output(carry)
 
     def __call__(self, params, carry, x_t):

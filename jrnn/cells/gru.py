@@ -19,6 +19,7 @@ from jrnn.cells.base import (
     layer_norm,
     layer_norm_backward,
     outer_sum,
+    recurrent,
     scale,
     sigmoid_slope,
     tanh_slope,
@@ -80,6 +81,11 @@ class GRUCell(Cell):
         xp = LN(x w_x)·gamma_x + b_x,  hp = LN(h w_h)·gamma_h + b_h
 
     with ``LN(v) = (v − mean(v)) / sqrt(var(v) + 1e-5)`` over the last axis; the rest is as above.
+
+    Recurrent dropout (``RNN(recurrent_dropout=p)``, Gal & Ghahramani 2016, as Keras' GRU) scales
+    ``h`` where it enters the recurrent products only, ``h w_h -> (h·m_h) w_h`` (and
+    ``(r·h) w_hn -> (r·h·m_h) w_hn`` in the reset-before form), with ``m_h`` the sequence's mask
+    divided by ``1 − p``; the interpolation ``z·h`` keeps the unmasked ``h``.
     """
 
     reset_after: bool = True
@@ -142,10 +148,10 @@ class GRUCell(Cell):
         """``b_x``; zeros with layer norm, where ``b_x`` joins after the normalization."""
         return jnp.zeros_like(params.b_x) if self.layer_norm else params.b_x
 
-    def forward_step(self, params, h_tm1, xp_t):
+    def forward_step(self, params, h_tm1, xp_t, h_scale=None):
         if not self.reset_after:
-            return self._forward_reset_before(params, h_tm1, xp_t)
-        hw = h_tm1 @ params.w_h  # (*batch, 3H) recurrent product
+            return self._forward_reset_before(params, h_tm1, xp_t, h_scale)
+        hw = recurrent(h_tm1, h_scale) @ params.w_h  # (*batch, 3H) recurrent product
         if self.layer_norm:
             y_x, s_x = layer_norm(xp_t)  # xp_t = x w_x (input_bias is zero)
             y_h, s_h = layer_norm(hw)
@@ -164,9 +170,9 @@ class GRUCell(Cell):
             residuals += (y_x, y_h, jnp.concatenate([s_x, s_h], axis=-1))
         return h, residuals
 
-    def backward_step(self, params, residuals, h_tm1, h, d_h):
+    def backward_step(self, params, residuals, h_tm1, h, d_h, h_scale=None):
         if not self.reset_after:
-            return self._backward_reset_before(params, residuals, h_tm1, h, d_h)
+            return self._backward_reset_before(params, residuals, h_tm1, h, d_h, h_scale)
         rzn, h_n = residuals[:2]
         r, z, n = jnp.split(rzn, 3, axis=-1)
         d_a_n = d_h * (1.0 - z) * tanh_slope(n)  # h = (1 - z) * n + ...,  n = tanh(x_n + r * h_n)
@@ -174,37 +180,40 @@ class GRUCell(Cell):
         d_a_r = d_a_n * h_n * sigmoid_slope(r)  # n = tanh(x_n + r * h_n),  r = σ(x_r + h_r)
         d_hp = jnp.concatenate([d_a_r, d_a_z, d_a_n * r], axis=-1)  # hp = h_tm1 @ w_h + b_h
         if not self.layer_norm:
-            d_h_tm1 = d_h * z + d_hp @ params.w_h.T  # h = ... + z * h_tm1, and through hp
+            d_h_tm1 = d_h * z + recurrent(d_hp @ params.w_h.T, h_scale)  # h = ... + z * h_tm1, and through hp
             return (d_hp, d_a_n), d_h_tm1
         y_x, y_h, s = residuals[2:]
         s_x, s_h = jnp.split(s, 2, axis=-1)
         d_xp = self._d_xp((d_hp, d_a_n))
         d_xw = layer_norm_backward(scale(d_xp, params.gamma_x), y_x, s_x)  # xp = LN(xw) * gamma_x + b_x
         d_hw = layer_norm_backward(scale(d_hp, params.gamma_h), y_h, s_h)  # hp = LN(hw) * gamma_h + b_h
-        d_h_tm1 = d_h * z + d_hw @ params.w_h.T  # h = ... + z * h_tm1, and through hw = h_tm1 @ w_h
+        d_h_tm1 = d_h * z + recurrent(d_hw @ params.w_h.T, h_scale)  # h = ... + z * h_tm1, and through hw
         return (d_hp, d_a_n, d_xw, d_hw, d_xp * y_x, d_hp * y_h), d_h_tm1
 
-    def _forward_reset_before(self, params, h_tm1, xp_t):
+    def _forward_reset_before(self, params, h_tm1, xp_t, h_scale):
         H = self.hidden_size
         x_r, x_z, x_n = jnp.split(xp_t, 3, axis=-1)
-        h_r, h_z = jnp.split(h_tm1 @ params.w_h[:, : 2 * H], 2, axis=-1)
+        h_rec = recurrent(h_tm1, h_scale)  # h as it enters the recurrent products
+        h_r, h_z = jnp.split(h_rec @ params.w_h[:, : 2 * H], 2, axis=-1)
         r = sigmoid(x_r + h_r)  # reset gate
         z = sigmoid(x_z + h_z)  # update gate
-        rh = r * h_tm1  # the reset applied before the product
+        rh = r * h_rec  # the reset applied before the product
         n = jnp.tanh(x_n + rh @ params.w_h[:, 2 * H :])  # candidate
         h = (1.0 - z) * n + z * h_tm1
         return h, (jnp.concatenate([r, z, n], axis=-1), rh)
 
-    def _backward_reset_before(self, params, residuals, h_tm1, h, d_h):
+    def _backward_reset_before(self, params, residuals, h_tm1, h, d_h, h_scale):
         H = self.hidden_size
         rzn, rh = residuals
         r, z, n = jnp.split(rzn, 3, axis=-1)
+        h_rec = recurrent(h_tm1, h_scale)  # h as it entered the recurrent products
         d_a_n = d_h * (1.0 - z) * tanh_slope(n)  # h = (1 - z) * n + ...,  n = tanh(x_n + rh @ w_hn)
-        d_a_z = d_h * (h_tm1 - n) * sigmoid_slope(z)  # h = ... + z * h_tm1,  z = σ(x_z + h w_hz)
+        d_a_z = d_h * (h_tm1 - n) * sigmoid_slope(z)  # h = ... + z * h_tm1,  z = σ(x_z + h_rec w_hz)
         d_rh = d_a_n @ params.w_h[:, 2 * H :].T  # n = tanh(x_n + rh @ w_hn): backprop into rh
-        d_a_r = d_rh * h_tm1 * sigmoid_slope(r)  # rh = r * h_tm1,  r = σ(x_r + h w_hr)
+        d_a_r = d_rh * h_rec * sigmoid_slope(r)  # rh = r * h_rec,  r = σ(x_r + h_rec w_hr)
         d_a_rz = jnp.concatenate([d_a_r, d_a_z], axis=-1)
-        d_h_tm1 = d_h * z + d_rh * r + d_a_rz @ params.w_h[:, : 2 * H].T  # through z·h, rh and h w_h[rz]
+        d_h_rec = d_rh * r + d_a_rz @ params.w_h[:, : 2 * H].T  # through rh and h_rec w_h[rz]
+        d_h_tm1 = d_h * z + recurrent(d_h_rec, h_scale)  # through z·h_tm1, and h_rec = h_tm1 · h_scale
         return (jnp.concatenate([d_a_rz, d_a_n], axis=-1), rh), d_h_tm1
 
     def _d_xp(self, d_pre):

@@ -20,6 +20,7 @@ from jrnn.cells.base import (
     layer_norm,
     layer_norm_backward,
     outer_sum,
+    recurrent,
     scale,
     sigmoid_slope,
     tanh_slope,
@@ -114,6 +115,10 @@ class LSTMCell(Cell):
       ``LN(v) = (v − mean(v)) / sqrt(var(v) + 1e-5)`` over the last axis. The paper's separate
       biases of the two normalized pre-activations are folded into ``b``; the carry's ``c'`` is
       not normalized.
+
+    Recurrent dropout (``RNN(recurrent_dropout=p)``, Gal & Ghahramani 2016) scales the entering
+    ``h`` in the recurrent product only, ``h w_h -> (h·m_h) w_h``, with ``m_h`` the sequence's
+    mask divided by ``1 − p`` (of size P with a projection); ``c`` is never masked.
 
     Written out with every option::
 
@@ -216,20 +221,20 @@ class LSTMCell(Cell):
         """``b``; zeros with layer norm, where ``b`` joins after the normalization."""
         return jnp.zeros_like(params.b) if self.layer_norm else params.b
 
-    def forward_step(self, params, carry_tm1, xp_t):
+    def forward_step(self, params, carry_tm1, xp_t, h_scale=None):
         h_tm1, c_tm1 = carry_tm1
         if self._plain:
-            a = xp_t + h_tm1 @ params.w_h  # (*batch, 4H) pre-activations
+            a = xp_t + recurrent(h_tm1, h_scale) @ params.w_h  # (*batch, 4H) pre-activations
             a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
             i, f, g, o = sigmoid(a_i), sigmoid(a_f), jnp.tanh(a_g), sigmoid(a_o)
             c = f * c_tm1 + i * g
             h = o * jnp.tanh(c)
             return LSTMCarry(h, c), jnp.concatenate([i, f, g, o], axis=-1)
-        return self._forward_options(params, h_tm1, c_tm1, xp_t)
+        return self._forward_options(params, recurrent(h_tm1, h_scale), c_tm1, xp_t)
 
-    def backward_step(self, params, residuals, carry_tm1, carry, d_carry):
+    def backward_step(self, params, residuals, carry_tm1, carry, d_carry, h_scale=None):
         if not self._plain:
-            return self._backward_options(params, residuals, carry_tm1, carry, d_carry)
+            return self._backward_options(params, residuals, carry_tm1, carry, d_carry, h_scale)
         gates = residuals
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         d_h, d_c = d_carry  # d_c: what flows back from the next step into c
@@ -245,13 +250,14 @@ class LSTMCell(Cell):
             axis=-1,
         )
         d_carry_tm1 = LSTMCarry(
-            d_a @ params.w_h.T,  # a = xp + h_tm1 @ w_h: backprop into h
+            recurrent(d_a @ params.w_h.T, h_scale),  # a = xp + h_tm1 @ w_h: backprop into h
             d_c * f,  # c = f * c_tm1 + ...: backprop into the previous cell state
         )
         return d_a, d_carry_tm1
 
     def _forward_options(self, params, h_tm1, c_tm1, xp_t):
-        """The step with options on; residuals ``_Residuals``."""
+        """The step with options on; residuals ``_Residuals``. ``h_tm1`` as it enters the recurrent
+        product (its only use), so recurrent dropout has already scaled it."""
         hw = h_tm1 @ params.w_h  # (*batch, 4H)
         y_x = y_h = y_c = s = None
         if self.layer_norm:
@@ -281,7 +287,7 @@ class LSTMCell(Cell):
         residuals = _Residuals(gates, m if self.proj_size else None, y_x, y_h, y_c, s)
         return LSTMCarry(h, c), residuals
 
-    def _backward_options(self, params, res, carry_tm1, carry, d_carry):
+    def _backward_options(self, params, res, carry_tm1, carry, d_carry, h_scale):
         """The step backward of ``_forward_options``, line by line from the end."""
         i, f, g, o = jnp.split(res.gates, 4, axis=-1)
         c_tm1, c = carry_tm1.c, carry.c
@@ -317,7 +323,7 @@ class LSTMCell(Cell):
             diag.update(gamma_x=d_a * res.y_x, gamma_h=d_a * res.y_h)
             d_ax = layer_norm_backward(scale(d_a, params.gamma_x), res.y_x, s_x)
             d_ah = layer_norm_backward(scale(d_a, params.gamma_h), res.y_h, s_h)
-        d_h_tm1 = (d_a if d_ah is None else d_ah) @ params.w_h.T  # hw = h_tm1 @ w_h: backprop into h
+        d_h_tm1 = recurrent((d_a if d_ah is None else d_ah) @ params.w_h.T, h_scale)  # hw = h_tm1 @ w_h: into h
         none = LSTMParams(None, None, None)
         pre = _Pre(d_a, d_ax, d_ah, none._replace(**diag), res.m, d_h if self.proj_size else None)
         return pre, LSTMCarry(d_h_tm1, d_c_tm1)

@@ -62,6 +62,8 @@ class MinGRUCell(Cell):
 
     params_type: ClassVar[type] = MinGRUParams
     gate_names: ClassVar[tuple[str, ...]] = ("z", "h")
+    recurrent_product: ClassVar[bool] = False
+    """No ``h @ w_h``: recurrent dropout does not apply (``RNN`` refuses ``recurrent_dropout``)."""
     diagonal_jacobian: ClassVar[bool] = True
     """The step Jacobian ``∂h'/∂h`` is diagonal (``jrnn.parallel`` reads it with one tangent)."""
 
@@ -72,14 +74,15 @@ class MinGRUCell(Cell):
     def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         return {"w_x": (input_size, self.gate_size), "b": (self.gate_size,)}
 
-    def forward_step(self, params, h_tm1, xp_t):
+    def forward_step(self, params, h_tm1, xp_t, h_scale=None):
+        assert h_scale is None, "no recurrent product for recurrent dropout to scale"
         a_z, a_h = jnp.split(xp_t, 2, axis=-1)
         z = sigmoid(a_z)  # update gate, from the input only
         h_tilde = g(a_h)  # candidate, positive
         h = (1.0 - z) * h_tm1 + z * h_tilde
         return h, xp_t
 
-    def backward_step(self, params, pre, h_tm1, h, d_h):
+    def backward_step(self, params, pre, h_tm1, h, d_h, h_scale=None):
         a_z, a_h = jnp.split(pre, 2, axis=-1)
         z, h_tilde = sigmoid(a_z), g(a_h)  # recompute the gates
         d_a_z = d_h * (h_tilde - h_tm1) * sigmoid_slope(z)  # h = (1 - z) * h_tm1 + z * h̃,  z = σ(a_z)

@@ -50,6 +50,8 @@ class MinLSTMCell(Cell):
 
     params_type: ClassVar[type] = MinLSTMParams
     gate_names: ClassVar[tuple[str, ...]] = ("f", "i", "h")
+    recurrent_product: ClassVar[bool] = False
+    """No ``h @ w_h``: recurrent dropout does not apply (``RNN`` refuses ``recurrent_dropout``)."""
     diagonal_jacobian: ClassVar[bool] = True
     """The step Jacobian ``∂h'/∂h = diag(f')`` is diagonal."""
 
@@ -60,7 +62,8 @@ class MinLSTMCell(Cell):
     def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         return {"w_x": (input_size, self.gate_size), "b": (self.gate_size,)}
 
-    def forward_step(self, params, h_tm1, xp_t):
+    def forward_step(self, params, h_tm1, xp_t, h_scale=None):
+        assert h_scale is None, "no recurrent product for recurrent dropout to scale"
         a_f, a_i, a_h = jnp.split(xp_t, 3, axis=-1)
         d = softplus(-a_f) - softplus(-a_i)  # log(i / f)
         i_n = sigmoid(d)  # i' = i / (f + i);  f' = 1 - i'
@@ -68,7 +71,7 @@ class MinLSTMCell(Cell):
         h = h_tm1 + i_n * (h_tilde - h_tm1)  # f' * h_tm1 + i' * h̃
         return h, xp_t
 
-    def backward_step(self, params, pre, h_tm1, h, d_h):
+    def backward_step(self, params, pre, h_tm1, h, d_h, h_scale=None):
         a_f, a_i, a_h = jnp.split(pre, 3, axis=-1)
         i_n = sigmoid(softplus(-a_f) - softplus(-a_i))  # recompute i' = σ(d)
         h_tilde = g(a_h)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._checks import check_choice, fail
-from jrnn.cells.base import Cell, flax_dense
+from jrnn.cells.base import Cell, flax_dense, recurrent
 from jrnn.cells.init import glorot_uniform, recurrent_matrix
 
 Array = jax.Array
@@ -49,6 +49,9 @@ class VanillaCell(Cell):
     ``activation`` is ``"tanh"`` (default), ``"relu"``, ``"sigmoid"`` or ``"linear"``; the linear
     cell with ``H = 1`` is the AR-like model ``y_t = u·y_{t-1} + m·x_t + B``. The step backward
     needs no residuals: the activation's slope is written with its output ``h'``.
+
+    Under recurrent dropout (``RNN(recurrent_dropout=p)``) ``h' = act(x w_x + (h·m_h) w_h + b)``
+    with ``m_h`` the sequence's mask divided by ``1 − p``.
     """
 
     activation: Activation = "tanh"
@@ -69,13 +72,13 @@ class VanillaCell(Cell):
             b=jnp.zeros((H,), dtype),
         )
 
-    def forward_step(self, params, h_tm1, xp_t):
-        h = ACTIVATIONS[self.activation](xp_t + h_tm1 @ params.w_h)  # a = xp + h_tm1 @ w_h
+    def forward_step(self, params, h_tm1, xp_t, h_scale=None):
+        h = ACTIVATIONS[self.activation](xp_t + recurrent(h_tm1, h_scale) @ params.w_h)  # a = xp + h_tm1 @ w_h
         return h, None
 
-    def backward_step(self, params, residuals, h_tm1, h, d_h):
+    def backward_step(self, params, residuals, h_tm1, h, d_h, h_scale=None):
         d_a = d_h * ACTIVATION_SLOPES[self.activation](h)  # h = act(a): backprop through the nonlinearity
-        d_h_tm1 = d_a @ params.w_h.T  # a = xp + h_tm1 @ w_h: backprop into h
+        d_h_tm1 = recurrent(d_a @ params.w_h.T, h_scale)  # a = xp + h_tm1 @ w_h: backprop into h
         return d_a, d_h_tm1
 
     # -- interop ---------------------------------------------------------------------------
