@@ -709,6 +709,13 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     """
     if method != "sequential" and backward in KERNELS:
         fail(f"method with backward={backward!r}", "'sequential' (the fused layer runs the scan itself)", repr(method))
+    if method == "sequential" and backward in KERNELS:
+        x_scale, h_scale = _scales(dropout)
+        if h_scale is not None:
+            fail(f"recurrent_dropout with backward={backward!r}", "0 (the fused layer has no recurrent mask; "
+                 "use backward='bptt' or 'autodiff')", "a rate above 0")  # fmt: skip
+        xs = _times(zero_skipped(xs, lengths), x_scale)  # input dropout, before the fused layer
+        return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
     if method == "sequential":
         xs = zero_skipped(xs, lengths)  # the parallel solve zeroes its own padding
         return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,

@@ -419,3 +419,26 @@ def test_on_a_real_gpu_a_stacked_bidirectional_lstm_through_cudnn_equals_autodif
         want = jax.value_and_grad(loss)(params, "autodiff")
         got = jax.value_and_grad(loss)(params, "cudnn")
     _assert_trees_close(got, want, 1e-4)
+
+
+def test_fused_layers_take_input_dropout_and_refuse_recurrent_dropout(pallas_interpreted, cudnn_on_cpu):
+    """Input dropout scales the inputs before the fused layer (the same masks as the scans);
+    recurrent dropout needs the mask inside the step, which the fused layers do not have."""
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 3), jnp.float32)
+    lengths = jnp.array([5, 2, 4])
+    key = jax.random.PRNGKey(7)
+    for backward in ("pallas", "cudnn"):
+        model = jrnn.RNN(jrnn.LSTMCell(4), num_layers=2, input_dropout=0.4, dropout=0.2)
+        params = model.init(jax.random.PRNGKey(0), 3, jnp.float32)
+
+        def loss(params, backward):
+            ys, _ = model.apply(params, xs, seq_lengths=lengths, dropout_key=key, backward=backward)
+            return jnp.sum(ys * jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape))
+
+        _assert_trees_close(jax.value_and_grad(loss)(params, backward), jax.value_and_grad(loss)(params, "autodiff"), 1e-5)
+        plain = jnp.sum(model.apply(params, xs, seq_lengths=lengths, backward=backward)[0])
+        dropped = jnp.sum(model.apply(params, xs, seq_lengths=lengths, dropout_key=key, backward=backward)[0])
+        assert not np.isclose(float(plain), float(dropped))  # the masks took effect
+        recurrent = jrnn.RNN(jrnn.LSTMCell(4), recurrent_dropout=0.3)
+        with pytest.raises(ValueError, match=rf"recurrent_dropout with backward='{backward}' must be 0"):
+            recurrent.apply(recurrent.init(jax.random.PRNGKey(0), 3, jnp.float32), xs, dropout_key=key, backward=backward)
