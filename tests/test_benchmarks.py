@@ -299,3 +299,53 @@ def test_parallel_benchmark_times_every_method_and_reports_iterations(tmp_path, 
     text = (tmp_path / "parallel.md").read_text()
     assert text.startswith("## Parallel in time") and "| 2 | 50 |" in text
     assert (tmp_path / "parallel.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# --------------------------------------------------------------------------------------------
+# The memory-horizon study (notebook 06's protocol)
+
+
+def test_copy_memory_criteria_are_the_literatures():
+    from benchmarks import quality_studies
+
+    from jrnn import tasks
+
+    make, _, _, _, chance, evaluate = quality_studies._memory_task("copy_memory")
+    lag = 30
+    xs, targets = make(jax.random.PRNGKey(0), 64, lag)
+    blank = jax.nn.one_hot(jnp.full(targets.shape, 8), 10)
+    # memoryless: the blank with certainty until the copy, uniform over the 8 symbols during it
+    memoryless = jnp.where(jnp.arange(lag + 20)[None, :, None] < lag + 10, 50.0 * blank,
+                           jnp.concatenate([jnp.zeros((64, lag + 20, 8)), jnp.full((64, lag + 20, 2), -50.0)], -1))
+    result = evaluate(memoryless, targets, lag)
+    assert result["loss"] == pytest.approx(chance(lag), rel=1e-4)
+    assert chance(lag) == pytest.approx(10 * math.log(8) / (lag + 20)) == tasks.copy_memory_baseline(lag)
+    # the baseline is the infimum of the memoryless losses: a memoryless model that is not certain
+    # of the blank stays above it
+    unsure = jnp.where(jnp.arange(lag + 20)[None, :, None] < lag + 10, memoryless / 10, memoryless)
+    result = evaluate(unsure, targets, lag)
+    assert result["loss"] > chance(lag) and not result["learning"] and not result["solved"]
+    perfect = 50.0 * jax.nn.one_hot(targets, 10)
+    result = evaluate(perfect, targets, lag)
+    assert result["learning"] and result["solved"] and result["score"] == 1.0
+    # 9 of the 10 copied symbols right: learning, but short of 99 %
+    wrong = perfect.at[:, -1].set(50.0 * jax.nn.one_hot((targets[:, -1] + 1) % 8, 10))
+    result = evaluate(wrong, targets, lag)
+    assert result["score"] == pytest.approx(0.9) and not result["solved"]
+
+
+@pytest.mark.slow
+def test_memory_horizon_runs_every_cell_and_variant_quickly():
+    from benchmarks import quality_studies
+
+    cells = quality_studies.MEMORY_CELLS + quality_studies.MEMORY_VARIANTS
+    rows = quality_studies.memory_horizon(True, cells)
+    assert [r["model"] for r in rows] == list(cells)
+    for r in rows:
+        assert r["task"] == "adding" and r["metric"] == "largest_lag_solved" and r["lags_tried"] == [10]
+        outcome = r["per_lag"]["10"][str(quality_studies._memory_step_sizes(r["model"])[0])][0]
+        assert outcome["steps"] >= 10 and math.isfinite(outcome["loss_over_chance"])
+    with pytest.raises(ValueError, match="cells must be among"):
+        quality_studies.memory_horizon(True, ("nope",))
+    text = quality_studies.to_markdown(rows)
+    assert "| adding | minGRU | largest_lag_solved |" in text
