@@ -349,3 +349,52 @@ def test_memory_horizon_runs_every_cell_and_variant_quickly():
         quality_studies.memory_horizon(True, ("nope",))
     text = quality_studies.to_markdown(rows)
     assert "| adding | minGRU | largest_lag_solved |" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Speed of the cell options (rows beside the speed grid)
+
+
+def test_option_peers_compute_what_jrnn_computes():
+    """Each variant's problem builds its cell; PyTorch's projected LSTM matches jrnn's, the other
+    peers refuse what they do not have."""
+    case = Case("lstm", 2, True, 3, 7, 4, 8, options=(("proj_size", 5),))
+    assert "proj_size=5" in case.label
+    problem = make_problem(case)
+    assert problem.target.shape == (3, 7, 10)  # two directions of the projected output
+    reference = reference_of(PEERS["jrnn"](problem))
+    assert check(PEERS["jrnn-bptt"](problem), reference)["ok"]
+    try:
+        torch_built = PEERS["torch"](problem)
+    except Unavailable:
+        pass
+    else:
+        assert check(torch_built, reference)["ok"]
+    for name in ("flax", "equinox", "numpy"):
+        with pytest.raises(Unavailable):
+            PEERS[name](make_problem(Case("gru", 1, False, 2, 5, 3, 4, options=(("layer_norm", True),))))
+    with pytest.raises(Unavailable):
+        PEERS["torch"](make_problem(Case("mingru", 1, False, 2, 5, 3, 4)))
+
+
+def test_speed_options_quick_rows_pass_their_checks(tmp_path):
+    from benchmarks import speed_options
+
+    result = speed_options.run(tmp_path, quick=True, show_progress=False)
+    names = [r["variant"] for r in result["rows"]]
+    assert names == [speed_options.variant_name(c, o) for c, o in
+                     ((c, tuple((k, 8 if k == "proj_size" else v) for k, v in o)) for c, o, _ in speed_options.VARIANTS)]
+    for row in result["rows"]:
+        assert row["peers"]["jrnn-bptt"]["check"]["ok"], row["variant"]  # bptt agrees with autodiff
+        for peer, status in row["peers"].items():
+            assert status["available"] or status["reason"]
+            if "check" in status:
+                assert status["check"]["ok"], (row["variant"], peer, status["check"])
+        assert set(row["timings"]["train"]) >= {"jrnn", "jrnn-bptt"} and "jrnn" in row["timings"]["infer"]
+        assert {"train jrnn", "train jrnn-bptt", "infer jrnn"} <= set(row["ratio_to_plain"])
+    plain = {r["variant"]: r for r in result["rows"] if r["variant"] in ("lstm", "gru")}
+    assert all(v == pytest.approx(1.0) for r in plain.values() for v in r["ratio_to_plain"].values())
+    torch_rows = {r["variant"] for r in result["rows"] if r["peers"]["torch"]["available"]}
+    assert torch_rows in (set(), {"lstm", "gru", "lstm proj_size=8"})
+    text = (tmp_path / "speed_options.md").read_text()
+    assert text.startswith("## Speed of the cell options") and "| mingru | gru |" in text
