@@ -5,10 +5,11 @@ The rows of the speed grid for what ``CELL_KINDS`` leaves out: ``MinGRUCell``, `
 ``layer_norm=True`` for both, at the grid's first shape (B, T, D, H) = (32, 100, 32, 128), one
 forward layer. Each row times one training gradient with ``backward="autodiff"`` and with
 ``backward="bptt"`` (``jax.value_and_grad`` of ``mean((ys - target)²)``, as in ``speed.py``) and
-forward-only inference. The plain LSTM and GRU are rows of the same run, and every timing is
-measured interleaved with all the others (``common.measure``: rounds that visit every callable in
-a rotated order), so a row's ratio to its plain cell (the LSTM for the LSTM options and the
-minLSTM, the GRU for the GRU options and the minGRU) is read off one run, under the same load.
+forward-only inference. The plain LSTM and GRU are rows of the same run, and within each mode
+(training, inference) every timing is measured interleaved with all the others
+(``common.measure``: rounds that visit every callable in a rotated order), so a row's ratio to
+its plain cell (the LSTM for the LSTM options and the minLSTM, the GRU for the GRU options and
+the minGRU) is read off one run, under the same load.
 
 Peers: PyTorch has the LSTM projection (``nn.LSTM(proj_size=...)``), so that row, and the plain
 LSTM and GRU, are also timed against ``torch`` (all cores) and ``torch-1t`` (one thread); no peer
