@@ -10,7 +10,9 @@ of ``NetworkParams``) so that ``speed.py`` can verify every peer against jrnn be
 Weight conversion (jrnn stores ``(in, out)``; gate blocks ``i, f, g, o`` and ``r, z, n``):
 
 * PyTorch: ``weight_ih = w_x.T``, ``weight_hh = w_h.T``; Vanilla/LSTM ``bias_ih = b``,
-  ``bias_hh = 0``; GRU ``bias_ih = b_x``, ``bias_hh = b_h``.
+  ``bias_hh = 0``; GRU ``bias_ih = b_x``, ``bias_hh = b_h``; an LSTM with ``proj_size``
+  ``weight_hr = w_hr.T`` (the only cell option a peer has: the others, and the minimal cells,
+  are jrnn's alone, and every other builder raises ``Unavailable`` for them).
 * Flax linen: one ``Dense`` per gate, kernels ``(in, out)``: column blocks of ``w_x`` / ``w_h``.
   LSTM biases sit on the recurrent Dense; GRU ``ir``/``iz`` biases hold ``b_x + b_h`` of r and z,
   ``in`` holds ``b_xn`` and ``hn`` holds ``b_hn``.
@@ -29,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 CELL_KINDS = ("vanilla", "lstm", "gru")
+"""The cells every peer implements: the speed grid's."""
 
 
 class Unavailable(Exception):
@@ -45,6 +48,8 @@ class Case:
     D: int
     H: int
     dtype: str = "float32"
+    options: tuple[tuple[str, Any], ...] = ()
+    """Cell options as ``(name, value)`` pairs, e.g. ``(("proj_size", 64),)``: ``make_cell(cell, H, **options)``."""
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -56,7 +61,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.cell} {self.structure} B={self.B} T={self.T} D={self.D} H={self.H}"
+        options = "".join(f" {k}={v}" for k, v in self.options)
+        return f"{self.cell}{options} {self.structure} B={self.B} T={self.T} D={self.D} H={self.H}"
 
     def asdict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,7 +94,7 @@ def make_problem(case: Case, seed: int = 0) -> Problem:
 
     import jrnn
 
-    model = jrnn.RNN(jrnn.make_cell(case.cell, case.H), num_layers=case.layers, bidirectional=case.bidirectional)
+    model = jrnn.RNN(jrnn.make_cell(case.cell, case.H, **dict(case.options)), num_layers=case.layers, bidirectional=case.bidirectional)
     k_p, k_x, k_t = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = model.init(k_p, case.D, dtype=jnp.dtype(case.dtype))
     rng = np.random.default_rng(seed)
@@ -101,6 +107,14 @@ def make_problem(case: Case, seed: int = 0) -> Problem:
 
     layers_np = [tuple(to_np(d) for d in p) if case.bidirectional else to_np(p) for p in params.layers]
     return Problem(case, model, params, layers_np, xs, target)
+
+
+def _require_plain(case: Case, kinds: tuple[str, ...], who: str) -> None:
+    """``Unavailable`` unless ``case`` is one of ``kinds`` without cell options."""
+    if case.cell not in kinds:
+        raise Unavailable(f"{who} has no {case.cell} cell here")
+    if case.options:
+        raise Unavailable(f"{who} is built here for the plain cells only, not {dict(case.options)}")
 
 
 def _directions(problem: Problem, layer: int) -> list[tuple[np.ndarray, ...]]:
@@ -194,9 +208,15 @@ def build_torch(problem: Problem, threads: int | None = None, device: str = "cpu
         raise Unavailable(f"torch peer runs float32 only (bfloat16 too on CUDA), case is {case.dtype}")
     dtype = getattr(torch, case.dtype)
     tensor = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy()).to(dtype)  # noqa: E731 (ml_dtypes bf16 via f32)
+    proj_size = dict(case.options).get("proj_size", 0)
+    if case.cell == "lstm" and set(dict(case.options)) == {"proj_size"}:
+        extra = {"proj_size": proj_size}  # nn.LSTM's projection: weight_hr = w_hr.T
+    else:
+        _require_plain(case, CELL_KINDS, "PyTorch")
+        extra = {}
     cls = {"vanilla": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
     module = cls(case.D, case.H, num_layers=case.layers, bias=True, batch_first=True, bidirectional=case.bidirectional,
-                 dtype=dtype)  # fmt: skip
+                 dtype=dtype, **extra)  # fmt: skip
     suffixes = ["", "_reverse"] if case.bidirectional else [""]
     with torch.no_grad():
         for layer in range(case.layers):
@@ -209,6 +229,8 @@ def build_torch(problem: Problem, threads: int | None = None, device: str = "cpu
                     get("bias_hh").copy_(tensor(p[3]))
                 else:
                     get("bias_hh").zero_()
+                if proj_size:
+                    get("weight_hr").copy_(tensor(p[3].T))
     module = module.to(device)
     xs = tensor(problem.xs).to(device)
     target = tensor(problem.target).to(device)
@@ -241,6 +263,8 @@ def build_torch(problem: Problem, threads: int | None = None, device: str = "cpu
                 grads += [get("weight_ih").T, get("weight_hh").T, get("bias_ih")]
                 if case.cell == "gru":
                     grads.append(get("bias_hh"))
+                if proj_size:
+                    grads.append(get("weight_hr").T)
         return loss, grads
 
     note = f"torch threads {threads}" if device == "cpu" else f"torch on {torch.cuda.get_device_name()}"
@@ -305,6 +329,7 @@ def build_flax(problem: Problem) -> Built:
     import jax.numpy as jnp
 
     case = problem.case
+    _require_plain(case, CELL_KINDS, "Flax")
     make = {"vanilla": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[case.cell]
     dtype = jnp.dtype(case.dtype)
 
@@ -372,6 +397,7 @@ def build_equinox(problem: Problem) -> Built:
     case = problem.case
     if case.cell == "vanilla":
         raise Unavailable("Equinox has no vanilla (Elman) RNN cell")
+    _require_plain(case, ("lstm", "gru"), "Equinox")
     dtype = jnp.dtype(case.dtype)
     H = case.H
 
@@ -475,6 +501,7 @@ def build_numpy(problem: Problem, threads: int | None = None) -> Built:
     case = problem.case
     if case.dtype != "float32":
         raise Unavailable(f"numpy peer runs float32 only, case is {case.dtype}")
+    _require_plain(case, CELL_KINDS, "the NumPy hand BPTT")
     layers = problem.layers_np
     pin = _blas_threads_setter(threads or os.cpu_count() or 1, required=threads is not None)
 
@@ -520,6 +547,7 @@ def build_cudnn(problem: Problem) -> Built:
     case = problem.case
     if case.cell != "lstm":
         raise Unavailable("jax.experimental.rnn implements the LSTM only")
+    _require_plain(case, ("lstm",), "jax.experimental.rnn")
     if jax.default_backend() != "gpu":
         raise Unavailable("jax.experimental.rnn needs a CUDA GPU (cuDNN)")
     if case.dtype != "float32":

@@ -20,10 +20,11 @@ Bars:
 * sine (the seed's next-step prediction, T=50): MSE ≤ 0.01, about 0.7% of the baseline of
   predicting the mean (the noise floor is 8.3e-4).
 
-Then the rows of the studies of notebooks 06 (memory horizon of RNN, IRNN, LSTM and GRU) and 07
-(the seeds' experiments: timing, sine, AAPL against AR(1), sunspots against AR(9)), redone with
-the notebooks' protocols by ``benchmarks.quality_studies`` (``--no-studies`` skips them; in full
-mode they take most of the time, about 40 minutes on 2 cores).
+Then the rows of the studies of notebooks 06 (memory horizon of RNN, LSTM, GRU, minGRU and
+minLSTM) and 07 (the seeds' experiments: timing, sine, AAPL against AR(1), sunspots against
+AR(9)), redone with the notebooks' protocols by ``benchmarks.quality_studies`` (``--no-studies``
+skips them; in full mode they take most of the time: the memory-horizon study alone took 34
+minutes of CPU time on 2 cores in notebook 06).
 
     python -m benchmarks.quality [--quick] [--out DIR]
 """

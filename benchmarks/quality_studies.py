@@ -12,15 +12,21 @@ per result; ``to_markdown(rows)`` renders them as tables. Every row has
 
 Protocols (the notebooks explain the choices):
 
-* memory horizon: one layer of 32 units and a linear readout; adding problem, copy memory and
-  temporal order at lags 10, 25, 50, 100, 200 and 400; Adam clipped at global norm 1 with two
-  step sizes tried in turn (1e-2 then 1e-3; 3e-4 then 1e-4 for the identity-initialized ReLU
-  RNN), the hand-written backward (``backward="bptt"``), batch 32 of fresh sequences, the
-  held-out set (512) scored every 100 steps and training stopped at the criterion (adding: MSE
-  < 0.01; temporal order: accuracy >= 0.95; copy: accuracy on the copied symbols >= 0.25, twice
-  chance) or at 4000 steps (3000 for copy); 3 seeds; a lag is solved when 2 seeds meet the
-  criterion at one step size; larger lags are skipped once no seed meets it at either. Row
-  value: the largest lag solved.
+* memory horizon: the cells RNN (tanh), LSTM, GRU, minGRU and minLSTM (``--cells`` adds the
+  IRNN and the LSTM/GRU options: GRU reset-before, LSTM peepholes, LSTM and GRU layer-norm),
+  one layer of 32 units and a linear readout; adding problem, copy memory and temporal order at
+  lags 10, 30, 100 and 300; the same budget for every cell: Adam clipped at global norm 1 with
+  two step sizes tried in turn (1e-2 then 1e-3; 3e-4 then 1e-4 for the identity-initialized
+  ReLU RNN), at most 3000 steps per run (2000 on copy memory), 3 seeds; the hand-written
+  backward (``backward="bptt"``), batch 32 of fresh sequences, the held-out set (512) scored
+  every 100 steps and training stopped when solved (adding: MSE < 0.01; temporal order:
+  accuracy >= 0.95; copy memory: accuracy on the copied symbols >= 0.99); copy memory also
+  counts as *learning* when the held-out cross-entropy at the end of the run is below the
+  memoryless baseline 10 ln 8 / (T + 20) (Arjovsky et al. 2016). A lag is solved (learned) when
+  2 seeds meet the criterion at one step size; the sweep (second step size, next lag) follows
+  "solved" on adding and temporal order and "learning" on copy memory, and skips the larger
+  lags once no seed meets it at either step size. Row value: the largest lag solved (copy
+  memory: one row for the largest lag learned, one for the largest solved).
 * timing: T = 200, one layer of 32, Adam 1e-2, 1500 steps, 3 seeds; held-out MSE.
 * sine: 2000 samples, windows of 10 (last 20 % held out), 3 layers of 32; classic Adagrad 1e-2
   or Adam 1e-3, clipped at 1, batch 32, 600 steps, 3 seeds; validation MSE.
@@ -33,7 +39,7 @@ Protocols (the notebooks explain the choices):
 ``quick=True`` shrinks every study to a smoke test (one seed, a few steps, the shortest lag, two
 cells, the adding problem only for the memory study): the values are then meaningless.
 
-    python -m benchmarks.quality_studies [--quick] [--only memory_horizon,timing,...]
+    python -m benchmarks.quality_studies [--quick] [--only memory_horizon,timing,...] [--cells RNN,minGRU,...]
 """
 
 from __future__ import annotations
@@ -60,7 +66,6 @@ def _cell(name: str, hidden: int):
 
     return {
         "RNN": lambda: jrnn.VanillaCell(hidden),
-        "IRNN": lambda: jrnn.VanillaCell(hidden, activation="relu", recurrent_init="identity"),
         "LSTM": lambda: jrnn.LSTMCell(hidden),
         "GRU": lambda: jrnn.GRUCell(hidden),
     }[name]()
@@ -98,43 +103,86 @@ def _row(study, task, model, metric, value, *, std=None, n_seeds=None, baselines
 # Notebook 06: memory horizon
 # ----------------------------------------------------------------------------------------------
 
-MEMORY_CELLS = {"RNN": (1e-2, 1e-3), "IRNN": (3e-4, 1e-4), "LSTM": (1e-2, 1e-3), "GRU": (1e-2, 1e-3)}
-"""Step sizes per cell, tried in this order."""
+MEMORY_CELLS = ("RNN", "LSTM", "GRU", "minGRU", "minLSTM")
+"""The cells notebook 06 sweeps (and this study by default)."""
+MEMORY_VARIANTS = ("IRNN", "GRU reset-before", "LSTM peepholes", "LSTM layer-norm", "GRU layer-norm")
+"""Further cells ``--cells`` can select, with the same protocol and budget."""
+MEMORY_STEP_SIZES = (1e-2, 1e-3)
+"""Tried in this order, the same for every cell but the IRNN (whose ReLU units with ``W_h = I``
+overflow at these step sizes: it gets 3e-4 then 1e-4, as many tries)."""
+MEMORY_LAGS = (10, 30, 100, 300)
+MEMORY_MAX_STEPS = {"adding": 3000, "copy_memory": 2000, "temporal_order": 3000}
+"""The step cap per run, the same for every cell."""
+COPY_SOLVED_ACCURACY = 0.99
 MEMORY_CRITERIA = {
-    "adding": "held-out MSE < 0.01 (6% of the 0.167 baseline)",
-    "copy_memory": "held-out accuracy on the 10 copied symbols >= 0.25 (twice chance)",
-    "temporal_order": "held-out accuracy >= 0.95 (chance 0.25)",
+    ("adding", "solved"): "held-out MSE < 0.01 (6% of the 0.167 baseline)",
+    ("copy_memory", "learning"): "held-out cross-entropy below the memoryless baseline 10 ln 8 / (T + 20) "
+                                 "(Arjovsky et al. 2016) at the end of the run",
+    ("copy_memory", "solved"): "held-out accuracy on the 10 copied symbols >= 0.99",
+    ("temporal_order", "solved"): "held-out accuracy >= 0.95 (chance 0.25)",
 }
+"""(task, criterion) -> its definition; each pair gives one row per cell."""
+SWEEP_CRITERION = {"adding": "solved", "copy_memory": "learning", "temporal_order": "solved"}
+"""The criterion that decides whether the second step size is tried and the next lag is run."""
+
+
+def _memory_cell(name: str, hidden: int):
+    import jrnn
+
+    return {
+        "RNN": lambda: jrnn.VanillaCell(hidden),
+        "IRNN": lambda: jrnn.VanillaCell(hidden, activation="relu", recurrent_init="identity"),
+        "LSTM": lambda: jrnn.LSTMCell(hidden),
+        "GRU": lambda: jrnn.GRUCell(hidden),
+        "minGRU": lambda: jrnn.MinGRUCell(hidden),
+        "minLSTM": lambda: jrnn.MinLSTMCell(hidden),
+        "GRU reset-before": lambda: jrnn.GRUCell(hidden, reset_after=False),
+        "LSTM peepholes": lambda: jrnn.LSTMCell(hidden, peepholes=True),
+        "LSTM layer-norm": lambda: jrnn.LSTMCell(hidden, layer_norm=True),
+        "GRU layer-norm": lambda: jrnn.GRUCell(hidden, layer_norm=True),
+    }[name]()
+
+
+def _memory_step_sizes(cell_name: str) -> tuple[float, ...]:
+    return (3e-4, 1e-4) if cell_name == "IRNN" else MEMORY_STEP_SIZES
 
 
 def _memory_task(name: str):
-    """``(make(key, batch, lag), input_size, output_size, loss, chance(lag), evaluate)``."""
+    """``(make(key, batch, lag), input_size, output_size, loss, chance(lag), evaluate(ys, targets, lag))``;
+    ``evaluate`` returns a dict with ``loss``, ``score``, ``solved`` (and ``learning`` on copy memory)."""
     import jax.numpy as jnp
 
     from jrnn import losses, tasks
 
     if name == "adding":
-        def evaluate(ys, targets):
+        def evaluate(ys, targets, lag):
             mse = float(losses.mse(ys, targets))
-            return mse, float(jnp.mean(jnp.abs(ys[:, -1, 0] - targets[:, 0]) < 0.04)), mse < 0.01
+            return {"loss": mse, "score": float(jnp.mean(jnp.abs(ys[:, -1, 0] - targets[:, 0]) < 0.04)),
+                    "solved": mse < 0.01}
 
         return tasks.adding, 2, 1, "mse", lambda lag: tasks.ADDING_BASELINE_MSE, evaluate
     if name == "copy_memory":
-        def evaluate(ys, targets):
+        chance = lambda lag: tasks.copy_memory_baseline(lag, 8, 10)  # noqa: E731
+
+        def evaluate(ys, targets, lag):
+            loss = float(losses.cross_entropy(ys, targets))
             accuracy = float(jnp.mean(jnp.argmax(ys[:, -10:], -1) == targets[:, -10:]))
-            return float(losses.cross_entropy(ys, targets)), accuracy, accuracy >= 0.25
+            return {"loss": loss, "score": accuracy, "solved": accuracy >= COPY_SOLVED_ACCURACY,
+                    "learning": bool(loss < chance(lag))}
 
         make = lambda key, batch, lag: tasks.copy_memory(key, batch, lag, 8, 10)  # noqa: E731
-        return make, 10, 10, "cross_entropy", lambda lag: tasks.copy_memory_baseline(lag, 8, 10), evaluate
+        return make, 10, 10, "cross_entropy", chance, evaluate
 
-    def evaluate(ys, targets):
+    def evaluate(ys, targets, lag):
         accuracy = float(jnp.mean(jnp.argmax(ys[:, -1], -1) == targets))
-        return float(losses.cross_entropy(ys, targets)), accuracy, accuracy >= 0.95
+        return {"loss": float(losses.cross_entropy(ys, targets)), "score": accuracy, "solved": accuracy >= 0.95}
 
     return tasks.temporal_order, 8, 4, "cross_entropy", lambda lag: tasks.TEMPORAL_ORDER_BASELINE_CE, evaluate
 
 
-def memory_horizon(quick: bool) -> list[dict]:
+def memory_horizon(quick: bool, cells: tuple[str, ...] | None = None) -> list[dict]:
+    """Notebook 06's sweep; ``cells`` among ``MEMORY_CELLS + MEMORY_VARIANTS`` (default: the
+    notebook's, or two of them when ``quick``)."""
     import jax
 
     import jrnn
@@ -145,29 +193,28 @@ def memory_horizon(quick: bool) -> list[dict]:
     seeds = [0] if quick else [0, 1, 2]
     eval_every = 10 if quick else 100
     need = len(seeds) // 2 + 1
+    cells = cells or (QUICK_CELL_NAMES if quick else MEMORY_CELLS)
+    unknown = [c for c in cells if c not in MEMORY_CELLS + MEMORY_VARIANTS]
+    if unknown:
+        raise ValueError(f"cells must be among {MEMORY_CELLS + MEMORY_VARIANTS}, got {unknown}")
     rows = []
-    for task in ["adding"] if quick else MEMORY_CRITERIA:
+    for task in ["adding"] if quick else list(SWEEP_CRITERION):
         make, d_in, d_out, loss, chance, evaluate = _memory_task(task)
-        if quick:
-            lags, max_steps = [10], 20
-        else:
-            lags = [10, 25, 50, 100, 200, 400]
-            max_steps = 3000 if task == "copy_memory" else 4000
-        for cell_name, step_sizes in MEMORY_CELLS.items():
-            if quick and cell_name not in QUICK_CELL_NAMES:
-                continue
-            model = jrnn.RNN(_cell(cell_name, hidden), output_size=d_out)
+        sweep_by = SWEEP_CRITERION[task]
+        lags, max_steps = ([10], 20) if quick else (list(MEMORY_LAGS), MEMORY_MAX_STEPS[task])
+        for cell_name in cells:
+            step_sizes = _memory_step_sizes(cell_name)[:1 if quick else None]
+            model = jrnn.RNN(_memory_cell(cell_name, hidden), output_size=d_out)
             predict = jax.jit(lambda p, xs, model=model: model.apply(p, xs)[0])
             trainers = {}
             start = time.perf_counter()
-            per_lag, largest = {}, None
+            per_lag = {}
             for lag in lags:
                 per_lag[lag] = {}
-                for lr in step_sizes[:1] if quick else step_sizes:
+                for lr in step_sizes:
                     if lr not in trainers:
-                        optimizer = optim.make_optimizer("adam", lr)
-                        trainers[lr] = (optimizer, make_train_step(model, optimizer, loss=loss,
-                                                                   backward="bptt"))
+                        optimizer = optim.make_optimizer("adam", lr, clip_norm=1.0)
+                        trainers[lr] = (optimizer, make_train_step(model, optimizer, loss=loss, backward="bptt"))
                     optimizer, step = trainers[lr]
                     outcomes = []
                     for seed in seeds:
@@ -175,30 +222,37 @@ def memory_horizon(quick: bool) -> list[dict]:
                         params = model.init(k_init, d_in)
                         opt_state = optimizer.init(params)
                         xs_test, targets_test = make(k_test, n_test, lag)
-                        result = (float("nan"), 0.0, False)
+                        result = {"loss": float("nan"), "score": 0.0, "solved": False, "learning": False}
                         for s in range(1, max_steps + 1):
                             xs, targets = make(jax.random.fold_in(k_data, s), batch, lag)
                             params, opt_state, _ = step(params, opt_state, xs, targets)
                             if s % eval_every == 0:
-                                result = evaluate(predict(params, xs_test), targets_test)
-                                if result[2]:
+                                result = evaluate(predict(params, xs_test), targets_test, lag)
+                                if result["solved"]:
                                     break
-                        outcomes.append({"seed": seed, "steps": s, "loss_over_chance": result[0] / chance(lag),
-                                         "score": result[1], "met": result[2]})
+                        outcomes.append({"seed": seed, "steps": s, "loss_over_chance": result["loss"] / chance(lag),
+                                         "score": result["score"], "solved": result["solved"],
+                                         **({"learning": result["learning"]} if "learning" in result else {})})
                     per_lag[lag][str(lr)] = outcomes
-                    if sum(o["met"] for o in outcomes) >= need:
-                        largest = lag
+                    if sum(o[sweep_by] for o in outcomes) >= need:
                         break
-                if not any(o["met"] for outcomes in per_lag[lag].values() for o in outcomes):
+                if not any(o[sweep_by] for outcomes in per_lag[lag].values() for o in outcomes):
                     break
-            rows.append(_row(
-                "memory_horizon", task, cell_name, "largest_lag_solved", largest, n_seeds=len(seeds),
-                baselines={"chance_loss_at_largest_lag_tried": chance(max(per_lag))},
-                seconds=time.perf_counter() - start,
-                criterion=f"{MEMORY_CRITERIA[task]}; solved when {need} of {len(seeds)} seeds meet it within "
-                          f"{max_steps} steps at one of the step sizes {step_sizes} (batch {batch}, H={hidden})",
-                lags_tried=list(per_lag), per_lag={str(k): v for k, v in per_lag.items()},
-            ))
+            seconds = time.perf_counter() - start
+            for (row_task, criterion), text in MEMORY_CRITERIA.items():
+                if row_task != task:
+                    continue
+                met = [lag for lag, by_lr in per_lag.items()
+                       if any(sum(o[criterion] for o in outcomes) >= need for outcomes in by_lr.values())]
+                rows.append(_row(
+                    "memory_horizon", task, cell_name, f"largest_lag_{criterion}", max(met) if met else None,
+                    n_seeds=len(seeds), baselines={"chance_loss_at_largest_lag_tried": chance(max(per_lag))},
+                    seconds=seconds,
+                    criterion=f"{text}; {criterion} when {need} of {len(seeds)} seeds meet it within {max_steps} "
+                              f"steps at one of the step sizes {step_sizes} (batch {batch}, H={hidden}, Adam "
+                              f"clipped at 1; the sweep follows '{sweep_by}')",
+                    lags_tried=list(per_lag), per_lag={str(k): v for k, v in per_lag.items()},
+                ))
     return rows
 
 
@@ -394,12 +448,13 @@ _RUNNERS: dict[str, Callable[[bool], list[dict]]] = {
 }
 
 
-def run(quick: bool, only: tuple[str, ...] | None = None) -> list[dict]:
-    """The rows of every study (or of those in ``only``); a study that fails gives one error row."""
+def run(quick: bool, only: tuple[str, ...] | None = None, cells: tuple[str, ...] | None = None) -> list[dict]:
+    """The rows of every study (or of those in ``only``); a study that fails gives one error row.
+    ``cells`` selects the memory-horizon study's cells (``MEMORY_CELLS + MEMORY_VARIANTS``)."""
     rows = []
     for study in only or STUDIES:
         try:
-            rows.extend(_RUNNERS[study](quick))
+            rows.extend(memory_horizon(quick, cells) if study == "memory_horizon" else _RUNNERS[study](quick))
         except Exception as e:  # noqa: BLE001 - one study failing must not hide the others
             rows.append({"study": study, "error": f"{type(e).__name__}: {e}"[:500]})
     return rows
@@ -438,12 +493,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes, meaningless values")
     parser.add_argument("--only", default=None, help=f"comma-separated studies among {', '.join(STUDIES)}")
+    parser.add_argument("--cells", default=None,
+                        help="comma-separated cells of the memory-horizon study among "
+                             f"{', '.join(MEMORY_CELLS + MEMORY_VARIANTS)} (default: {', '.join(MEMORY_CELLS)})")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(",")) if args.only else None
     if only and any(s not in STUDIES for s in only):
         parser.error(f"--only must name studies among {', '.join(STUDIES)}, got {args.only!r}")
-    rows = run(args.quick, only)
+    cells = tuple(c.strip() for c in args.cells.split(",")) if args.cells else None
+    if cells and any(c not in MEMORY_CELLS + MEMORY_VARIANTS for c in cells):
+        parser.error(f"--cells must name cells among {', '.join(MEMORY_CELLS + MEMORY_VARIANTS)}, got {args.cells!r}")
+    rows = run(args.quick, only, cells)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

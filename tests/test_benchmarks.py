@@ -313,3 +313,102 @@ def test_only_the_explicit_flag_writes_the_committed_results(capsys):
     assert runner.run(parser.parse_args(["--only", ""])) == 2
     assert "--only must name benchmarks" in capsys.readouterr().err
     assert cli.main(["bench", "--only", ""]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The memory-horizon study (notebook 06's protocol)
+
+
+def test_copy_memory_criteria_are_the_literatures():
+    from benchmarks import quality_studies
+
+    from jrnn import tasks
+
+    make, _, _, _, chance, evaluate = quality_studies._memory_task("copy_memory")
+    lag = 30
+    xs, targets = make(jax.random.PRNGKey(0), 64, lag)
+    blank = jax.nn.one_hot(jnp.full(targets.shape, 8), 10)
+    # memoryless: the blank with certainty until the copy, uniform over the 8 symbols during it
+    memoryless = jnp.where(jnp.arange(lag + 20)[None, :, None] < lag + 10, 50.0 * blank,
+                           jnp.concatenate([jnp.zeros((64, lag + 20, 8)), jnp.full((64, lag + 20, 2), -50.0)], -1))
+    result = evaluate(memoryless, targets, lag)
+    assert result["loss"] == pytest.approx(chance(lag), rel=1e-4)
+    assert chance(lag) == pytest.approx(10 * math.log(8) / (lag + 20)) == tasks.copy_memory_baseline(lag)
+    # the baseline is the infimum of the memoryless losses: a memoryless model that is not certain
+    # of the blank stays above it
+    unsure = jnp.where(jnp.arange(lag + 20)[None, :, None] < lag + 10, memoryless / 10, memoryless)
+    result = evaluate(unsure, targets, lag)
+    assert result["loss"] > chance(lag) and not result["learning"] and not result["solved"]
+    perfect = 50.0 * jax.nn.one_hot(targets, 10)
+    result = evaluate(perfect, targets, lag)
+    assert result["learning"] and result["solved"] and result["score"] == 1.0
+    # 9 of the 10 copied symbols right: learning, but short of 99 %
+    wrong = perfect.at[:, -1].set(50.0 * jax.nn.one_hot((targets[:, -1] + 1) % 8, 10))
+    result = evaluate(wrong, targets, lag)
+    assert result["score"] == pytest.approx(0.9) and not result["solved"]
+
+
+@pytest.mark.slow
+def test_memory_horizon_runs_every_cell_and_variant_quickly():
+    from benchmarks import quality_studies
+
+    cells = quality_studies.MEMORY_CELLS + quality_studies.MEMORY_VARIANTS
+    rows = quality_studies.memory_horizon(True, cells)
+    assert [r["model"] for r in rows] == list(cells)
+    for r in rows:
+        assert r["task"] == "adding" and r["metric"] == "largest_lag_solved" and r["lags_tried"] == [10]
+        outcome = r["per_lag"]["10"][str(quality_studies._memory_step_sizes(r["model"])[0])][0]
+        assert outcome["steps"] >= 10 and math.isfinite(outcome["loss_over_chance"])
+    with pytest.raises(ValueError, match="cells must be among"):
+        quality_studies.memory_horizon(True, ("nope",))
+    text = quality_studies.to_markdown(rows)
+    assert "| adding | minGRU | largest_lag_solved |" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Speed of the cell options (rows beside the speed grid)
+
+
+def test_option_peers_compute_what_jrnn_computes():
+    """Each variant's problem builds its cell; PyTorch's projected LSTM matches jrnn's, the other
+    peers refuse what they do not have."""
+    case = Case("lstm", 2, True, 3, 7, 4, 8, options=(("proj_size", 5),))
+    assert "proj_size=5" in case.label
+    problem = make_problem(case)
+    assert problem.target.shape == (3, 7, 10)  # two directions of the projected output
+    reference = reference_of(PEERS["jrnn"](problem))
+    assert check(PEERS["jrnn-bptt"](problem), reference)["ok"]
+    try:
+        torch_built = PEERS["torch"](problem)
+    except Unavailable:
+        pass
+    else:
+        assert check(torch_built, reference)["ok"]
+    for name in ("flax", "equinox", "numpy"):
+        with pytest.raises(Unavailable):
+            PEERS[name](make_problem(Case("gru", 1, False, 2, 5, 3, 4, options=(("layer_norm", True),))))
+    with pytest.raises(Unavailable):
+        PEERS["torch"](make_problem(Case("mingru", 1, False, 2, 5, 3, 4)))
+
+
+def test_speed_options_quick_rows_pass_their_checks(tmp_path):
+    from benchmarks import speed_options
+
+    result = speed_options.run(tmp_path, quick=True, show_progress=False)
+    names = [r["variant"] for r in result["rows"]]
+    assert names == [speed_options.variant_name(c, o) for c, o in
+                     ((c, tuple((k, 8 if k == "proj_size" else v) for k, v in o)) for c, o, _ in speed_options.VARIANTS)]
+    for row in result["rows"]:
+        assert row["peers"]["jrnn-bptt"]["check"]["ok"], row["variant"]  # bptt agrees with autodiff
+        for peer, status in row["peers"].items():
+            assert status["available"] or status["reason"]
+            if "check" in status:
+                assert status["check"]["ok"], (row["variant"], peer, status["check"])
+        assert set(row["timings"]["train"]) >= {"jrnn", "jrnn-bptt"} and "jrnn" in row["timings"]["infer"]
+        assert {"train jrnn", "train jrnn-bptt", "infer jrnn"} <= set(row["ratio_to_plain"])
+    plain = {r["variant"]: r for r in result["rows"] if r["variant"] in ("lstm", "gru")}
+    assert all(v == pytest.approx(1.0) for r in plain.values() for v in r["ratio_to_plain"].values())
+    torch_rows = {r["variant"] for r in result["rows"] if r["peers"]["torch"]["available"]}
+    assert torch_rows in (set(), {"lstm", "gru", "lstm proj_size=8"})
+    text = (tmp_path / "speed_options.md").read_text()
+    assert text.startswith("## Speed of the cell options") and "| mingru | gru |" in text
