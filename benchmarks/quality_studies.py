@@ -271,7 +271,7 @@ def timing(quick: bool) -> list[dict]:
     T = 50 if quick else 200
     steps, seeds = (20, [0]) if quick else (1500, [0, 1, 2])
     xs, targets = tasks.timing(jax.random.PRNGKey(1000), 256, T)
-    optimizer = optim.make_optimizer("adam", 1e-2)
+    optimizer = optim.make_optimizer("adam", 1e-2, clip_norm=1.0)
     baseline = tasks.timing_baseline_mse()
     rows = []
     for name in _cells(quick):
@@ -306,8 +306,8 @@ def sine(quick: bool) -> list[dict]:
         "noise_floor": tasks.SINE_NOISE_FLOOR_MSE,
     }
     optimizers = {
-        "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True),
-        "Adam": optim.make_optimizer("adam", 1e-3),
+        "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True, clip_norm=1.0),
+        "Adam": optim.make_optimizer("adam", 1e-3, clip_norm=1.0),
     }
     rows = [_row("sine", "sine next step, window 10", name, "val_mse", value, notes="baseline")
             for name, value in baselines.items()]
@@ -379,7 +379,7 @@ def aapl(quick: bool) -> list[dict]:
             for name, value in baselines.items()]
     xs_std, ys_std = (xs_all - mu) / sd, (ys_all - mu) / sd
     xs_fit, ys_fit = xs_std[train], ys_std[train]
-    optimizer = optim.make_optimizer("adam", 3e-3)
+    optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
     for name in _cells(quick):
         model = jrnn.RNN(_cell(name, 8), output_size=1)
         start = time.perf_counter()
@@ -421,7 +421,7 @@ def sunspots(quick: bool) -> list[dict]:
     target = np.arange(lookback, n)
     train, test = target < n_train, target >= n_train
     n_inner = int(np.sum(target < n_train - n_test))
-    optimizer = optim.make_optimizer("adam", 3e-3)
+    optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
     for name in _cells(quick):
         model = jrnn.RNN(_cell(name, 32), output_size=1)
         start = time.perf_counter()

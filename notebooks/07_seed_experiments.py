@@ -89,7 +89,7 @@ TIMING_STEPS = 100 if SMALL else 1500
 TIMING_SEEDS = [0] if SMALL else [0, 1, 2]
 xs_timing, targets_timing = tasks.timing(jax.random.PRNGKey(1000), 256, T_TIMING)
 timing_baseline = tasks.timing_baseline_mse()
-timing_optimizer = optim.make_optimizer("adam", 1e-2)
+timing_optimizer = optim.make_optimizer("adam", 1e-2, clip_norm=1.0)
 
 timing_mse, timing_models = {}, {}
 for name, make_cell in CELLS.items():
@@ -135,7 +135,7 @@ plt.show()
 # RNN whose last output predicts the next value; Adagrad, 600 iterations. Here: 2000 samples
 # (`tasks.sine_series`), cut by `datasets.windows(series, 10, val_fraction=0.2)` so that every
 # validation window comes after all the training data; 3 layers of 32 units; the classic
-# Adagrad of the seed (`make_optimizer("adagrad", 1e-2, classic=True)`),
+# Adagrad of the seed (`make_optimizer("adagrad", 1e-2, classic=True, clip_norm=1.0)`),
 # minibatches of 32, 600 steps. Then the same with LSTM and GRU layers, and with Adam
 # ($10^{-3}$), 3 seeds each.
 #
@@ -170,8 +170,8 @@ for name, value in sine_baselines.items():
 SINE_STEPS = 60 if SMALL else 600
 SINE_SEEDS = [0] if SMALL else [0, 1, 2]
 SINE_OPTIMIZERS = {
-    "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True),
-    "Adam": optim.make_optimizer("adam", 1e-3),
+    "Adagrad": optim.make_optimizer("adagrad", 1e-2, classic=True, clip_norm=1.0),
+    "Adam": optim.make_optimizer("adam", 1e-3, clip_norm=1.0),
 }
 sine_runs = {}
 for opt_name, optimizer in SINE_OPTIMIZERS.items():
@@ -275,7 +275,7 @@ print(f"training mean {mu:.4f}, sd {sd:.4f}; AR(1): r_t = {a_b[1]:.4f} + {a_b[0]
 # %%
 STOCK_SEEDS = list(range(2)) if SMALL else list(range(10))
 STOCK_MAX_STEPS = 30 if SMALL else 300
-stock_optimizer = optim.make_optimizer("adam", 3e-3)
+stock_optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
 xs_std, ys_std = (xs_all - mu) / sd, (ys_all - mu) / sd
 xs_fit, ys_fit = xs_std[train_rows], ys_std[train_rows]
 n_inner = round(0.75 * len(xs_fit))
@@ -400,7 +400,7 @@ for name, value in sun_rmse.items():
 # %%
 SUN_SEEDS = [0] if SMALL else list(range(5))
 SUN_MAX_STEPS = 50 if SMALL else 1000
-sun_optimizer = optim.make_optimizer("adam", 3e-3)
+sun_optimizer = optim.make_optimizer("adam", 3e-3, clip_norm=1.0)
 s_mu, s_sd = spots[:n_train_s].mean(), spots[:n_train_s].std()
 (xs_sun, ys_sun), _ = datasets.windows((spots - s_mu) / s_sd, SUN_LOOKBACK, val_fraction=0.0)
 sun_target = np.arange(SUN_LOOKBACK, n_spots)
