@@ -185,3 +185,27 @@ def test_float16_losses_and_metrics_do_not_overflow_when_summing_many_values():
         np.testing.assert_allclose(float(got), float(ref), rtol=2e-3)
     total, count = jrnn.metrics.squared_error_parts(half(preds), half(targets))
     np.testing.assert_allclose(float(total) / float(count), want_mse, rtol=2e-3)
+
+
+def test_optimizer_state_that_holds_non_finite_values_by_design_still_updates():
+    """Only what an update turns non-finite counts: a state with an inf best value or NaN slots
+    not yet written (optax's reduce_on_plateau, the gradient recorder) is not a skipped step."""
+    import optax
+
+    def mark(tx):
+        def init(params):
+            return {"best": jnp.asarray(np.inf, jnp.float32), "unwritten": jnp.full((3,), np.nan, jnp.float32),
+                    "inner": tx.init(params)}  # fmt: skip
+
+        def update(grads, state, params=None):
+            updates, inner = tx.update(grads, state["inner"], params)
+            return updates, {**state, "inner": inner}
+
+        return optax.GradientTransformation(init, update)
+
+    optimizer = mark(jrnn.optim.make_optimizer("adam", 1e-2))
+    step = jrnn.train.make_train_step(_linear_loss, optimizer)
+    params = {"w": jnp.asarray([0.3, -0.2], jnp.float32)}
+    new, _, m = step(params, optimizer.init(params), jnp.asarray([1.0, 2.0], jnp.float32))
+    assert bool(m["finite"]) and int(m["num_updates"]) == 1
+    assert not np.array_equal(np.asarray(new["w"]), np.asarray(params["w"]))

@@ -177,13 +177,15 @@ def _select(pred: Array, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _all_finite(tree) -> Array:
-    """Whether every floating-point leaf of ``tree`` is finite (True for a tree without one)."""
-    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]  # fmt: skip
-    if not leaves:
-        return jnp.array(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+def _stays_finite(new, old) -> Array:
+    """Whether no floating-point leaf of ``new`` holds a non-finite value where ``old`` held a
+    finite one (True for trees without such leaves). An optimizer state may hold non-finite
+    values by design (an ``inf`` best value, ``NaN`` for history slots not yet written): those
+    are left alone; only what an update turns non-finite counts."""
+    checks = [jnp.all(jnp.isfinite(a) | ~jnp.isfinite(b))
+              for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old))
+              if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]  # fmt: skip
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def _clipped(opt_state) -> Array:
@@ -204,7 +206,7 @@ def _apply_gradients(optimizer, params, opt_state, value, grads, weight):
     # finite gradient can still overflow the optimizer's state (Adagrad's sum of squares, Adam's
     # second moment) or the params: such an update would freeze them for good, so it is refused.
     finite = (jnp.isfinite(value) & jnp.isfinite(grad_norm)
-              & _all_finite(new_params) & _all_finite(new_opt_state))  # fmt: skip
+              & _stays_finite(new_params, params) & _stays_finite(new_opt_state, opt_state))  # fmt: skip
     apply = finite & (weight > 0)
     stats = {
         "loss": value,
