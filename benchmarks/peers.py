@@ -50,6 +50,11 @@ class Case:
     dtype: str = "float32"
     options: tuple[tuple[str, Any], ...] = ()
     """Cell options as ``(name, value)`` pairs, e.g. ``(("proj_size", 64),)``: ``make_cell(cell, H, **options)``."""
+    network: tuple[tuple[str, Any], ...] = ()
+    """Network options as ``(name, value)`` pairs: ``RNN`` options (``input_dropout``,
+    ``recurrent_dropout``, ``merge``), and ``("mask", f)``: a fixed ``(B, T)`` step mask with a
+    fraction ``f`` of its steps off, given to ``apply``. With a dropout rate, training passes a
+    fixed ``dropout_key`` (the same masks in every call); inference passes none."""
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -61,7 +66,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        options = "".join(f" {k}={v}" for k, v in self.options)
+        options = "".join(f" {k}={v}" for k, v in (*self.options, *self.network))
         return f"{self.cell}{options} {self.structure} B={self.B} T={self.T} D={self.D} H={self.H}"
 
     def asdict(self) -> dict[str, Any]:
@@ -76,6 +81,8 @@ class Problem:
     layers_np: list  # per layer: tuple of numpy arrays (fields), or a (fwd, bwd) pair of them
     xs: np.ndarray  # (B, T, D)
     target: np.ndarray  # (B, T, dirs·H)
+    train_kwargs: dict = dataclasses.field(default_factory=dict)  # model.apply's mask / dropout_key
+    infer_kwargs: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -94,7 +101,10 @@ def make_problem(case: Case, seed: int = 0) -> Problem:
 
     import jrnn
 
-    model = jrnn.RNN(jrnn.make_cell(case.cell, case.H, **dict(case.options)), num_layers=case.layers, bidirectional=case.bidirectional)
+    network = dict(case.network)
+    mask_off = network.pop("mask", None)
+    model = jrnn.RNN(jrnn.make_cell(case.cell, case.H, **dict(case.options)), num_layers=case.layers,
+                     bidirectional=case.bidirectional, **network)  # fmt: skip
     k_p, k_x, k_t = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = model.init(k_p, case.D, dtype=jnp.dtype(case.dtype))
     rng = np.random.default_rng(seed)
@@ -106,11 +116,19 @@ def make_problem(case: Case, seed: int = 0) -> Problem:
         return tuple(np.asarray(a) for a in p if a is not None)
 
     layers_np = [tuple(to_np(d) for d in p) if case.bidirectional else to_np(p) for p in params.layers]
-    return Problem(case, model, params, layers_np, xs, target)
+    train_kwargs, infer_kwargs = {}, {}
+    if mask_off:
+        mask = jnp.asarray(np.random.default_rng(seed + 1).random((case.B, case.T)) >= mask_off)
+        train_kwargs["mask"] = infer_kwargs["mask"] = mask
+    if any(network.get(k, 0) for k in ("input_dropout", "recurrent_dropout", "dropout")):
+        train_kwargs["dropout_key"] = jax.random.PRNGKey(seed + 2)
+    return Problem(case, model, params, layers_np, xs, target, train_kwargs, infer_kwargs)
 
 
 def _require_plain(case: Case, kinds: tuple[str, ...], who: str) -> None:
-    """``Unavailable`` unless ``case`` is one of ``kinds`` without cell options."""
+    """``Unavailable`` unless ``case`` is one of ``kinds`` without cell or network options."""
+    if case.network:
+        raise Unavailable(f"{who} is built here without network options, not {dict(case.network)}")
     if case.cell not in kinds:
         raise Unavailable(f"{who} has no {case.cell} cell here")
     if case.options:
@@ -154,8 +172,9 @@ def build_jrnn(problem: Problem, *, backward: str = "autodiff", unroll: int = 1,
     import jax.numpy as jnp
 
     model = problem.model
-    options = dict(backward=backward, unroll=unroll, remat=remat)
+    options = dict(backward=backward, unroll=unroll, remat=remat, **problem.train_kwargs)
     infer_options = dict(unroll=unroll, backward=backward) if backward in FUSED else dict(unroll=unroll)
+    infer_options.update(problem.infer_kwargs)
 
     def loss_fn(params, xs, target):
         ys, _ = model.apply(params, xs, **options)
@@ -209,6 +228,8 @@ def build_torch(problem: Problem, threads: int | None = None, device: str = "cpu
     dtype = getattr(torch, case.dtype)
     tensor = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy()).to(dtype)  # noqa: E731 (ml_dtypes bf16 via f32)
     proj_size = dict(case.options).get("proj_size", 0)
+    if case.network:
+        _require_plain(case, CELL_KINDS, "PyTorch")
     if case.cell == "lstm" and set(dict(case.options)) == {"proj_size"}:
         extra = {"proj_size": proj_size}  # nn.LSTM's projection: weight_hr = w_hr.T
     else:

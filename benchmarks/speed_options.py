@@ -2,8 +2,10 @@
 
 The rows of the speed grid for what ``CELL_KINDS`` leaves out: ``MinGRUCell``, ``MinLSTMCell``,
 ``GRUCell(reset_after=False)``, ``LSTMCell(proj_size=64)``, ``LSTMCell(peepholes=True)`` and
-``layer_norm=True`` for both, at the grid's first shape (B, T, D, H) = (32, 100, 32, 128), one
-forward layer. Each row times one training gradient with ``backward="autodiff"`` and with
+``layer_norm=True`` for both; ``RNN(input_dropout=0.25, recurrent_dropout=0.25)`` (LSTM, GRU),
+a ``(B, T)`` step mask with 20% of the steps off, and a bidirectional LSTM with ``merge="sum"``
+and ``"mul"`` against ``"concat"``; at the grid's first shape (B, T, D, H) = (32, 100, 32, 128),
+one layer. Each row times one training gradient with ``backward="autodiff"`` and with
 ``backward="bptt"`` (``jax.value_and_grad`` of ``mean((ys - target)²)``, as in ``speed.py``) and
 forward-only inference. The plain LSTM and GRU are rows of the same run, and within each mode
 (training, inference) every timing is measured interleaved with all the others
@@ -30,7 +32,9 @@ from benchmarks import common
 from benchmarks.peers import PEERS, Case, Unavailable, make_problem
 from benchmarks.speed import NAMED_SHAPES, TOLERANCE, check, reference_of
 
-VARIANTS: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
+DROPOUT = (("input_dropout", 0.25), ("recurrent_dropout", 0.25))
+
+VARIANTS: list[tuple[str, tuple[tuple[str, Any], ...], str] | tuple[str, tuple, str, tuple, bool]] = [
     ("lstm", (), "lstm"),
     ("gru", (), "gru"),
     ("minlstm", (), "lstm"),
@@ -40,25 +44,36 @@ VARIANTS: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
     ("lstm", (("peepholes", True),), "lstm"),
     ("lstm", (("layer_norm", True),), "lstm"),
     ("gru", (("layer_norm", True),), "gru"),
+    ("lstm", (), "lstm", DROPOUT, False),
+    ("gru", (), "gru", DROPOUT, False),
+    ("lstm", (), "lstm", (("mask", 0.2),), False),
+    ("lstm", (), "lstm bi", (), True),
+    ("lstm", (), "lstm bi", (("merge", "sum"),), True),
+    ("lstm", (), "lstm bi", (("merge", "mul"),), True),
 ]
-"""``(cell, options, plain cell it is compared with)``; the quick run halves ``proj_size``."""
+"""``(cell, options, name of the row it is compared with[, network options, bidirectional])``:
+cell options, then the network's (``peers.Case.network``: recurrent and input dropout with a fixed
+key in training, a fixed step mask with 20% of the steps off, bidirectional merge modes). The quick
+run halves ``proj_size``."""
 
 PEER_NAMES = ["jrnn", "jrnn-bptt", "torch", "torch-1t"]
 MODES = {"train": ("jrnn", "jrnn-bptt", "torch", "torch-1t"), "infer": ("jrnn", "torch", "torch-1t")}
 """The callables timed per mode (``jrnn-bptt`` runs the same forward as ``jrnn``)."""
 
 
-def variant_name(cell: str, options: tuple[tuple[str, Any], ...]) -> str:
-    return cell + "".join(f" {k}={v}" for k, v in options)
+def variant_name(cell: str, options: tuple[tuple[str, Any], ...], network: tuple[tuple[str, Any], ...] = (),
+                 bidirectional: bool = False) -> str:  # fmt: skip
+    return cell + (" bi" if bidirectional else "") + "".join(f" {k}={v}" for k, v in (*options, *network))
 
 
 def cases(quick: bool) -> list[tuple[Case, str]]:
-    """``(case, name of its plain cell's row)`` per variant."""
+    """``(case, name of the row it is compared with)`` per variant."""
     B, T, D, H = (4, 20, 4, 16) if quick else NAMED_SHAPES[0]
     out = []
-    for cell, options, plain in VARIANTS:
+    for cell, options, plain, *more in VARIANTS:
+        network, bidirectional = more if more else ((), False)
         options = tuple((k, H // 2 if k == "proj_size" else v) for k, v in options)
-        out.append((Case(cell, 1, False, B, T, D, H, options=options), plain))
+        out.append((Case(cell, 1, bidirectional, B, T, D, H, options=options, network=network), plain))
     return out
 
 
@@ -70,7 +85,7 @@ def run(out_dir: Path, *, quick: bool = False, show_progress: bool = True) -> di
     rounds, budget, block = (3, 1.0, 0.01) if quick else (15, 120.0, 0.05)
     rows, fns = [], {"train": {}, "infer": {}}
     for case, plain in common.progress(cases(quick), "speed options", enabled=show_progress):
-        name = variant_name(case.cell, case.options)
+        name = variant_name(case.cell, case.options, case.network, case.bidirectional)
         problem = make_problem(case)
         built, status = {}, {}
         for peer in PEER_NAMES:

@@ -396,8 +396,10 @@ def test_speed_options_quick_rows_pass_their_checks(tmp_path):
 
     result = speed_options.run(tmp_path, quick=True, show_progress=False)
     names = [r["variant"] for r in result["rows"]]
-    assert names == [speed_options.variant_name(c, o) for c, o in
-                     ((c, tuple((k, 8 if k == "proj_size" else v) for k, v in o)) for c, o, _ in speed_options.VARIANTS)]
+    assert names == [speed_options.variant_name(c.cell, c.options, c.network, c.bidirectional)
+                     for c, _ in speed_options.cases(True)]
+    assert {"mingru", "lstm proj_size=8", "lstm input_dropout=0.25 recurrent_dropout=0.25", "lstm mask=0.2",
+            "lstm bi", "lstm bi merge=sum", "lstm bi merge=mul"} <= set(names)
     for row in result["rows"]:
         assert row["peers"]["jrnn-bptt"]["check"]["ok"], row["variant"]  # bptt agrees with autodiff
         for peer, status in row["peers"].items():
@@ -406,9 +408,10 @@ def test_speed_options_quick_rows_pass_their_checks(tmp_path):
                 assert status["check"]["ok"], (row["variant"], peer, status["check"])
         assert set(row["timings"]["train"]) >= {"jrnn", "jrnn-bptt"} and "jrnn" in row["timings"]["infer"]
         assert {"train jrnn", "train jrnn-bptt", "infer jrnn"} <= set(row["ratio_to_plain"])
-    plain = {r["variant"]: r for r in result["rows"] if r["variant"] in ("lstm", "gru")}
+    plain = {r["variant"]: r for r in result["rows"] if r["variant"] in ("lstm", "gru", "lstm bi")}
+    assert len(plain) == 3
     assert all(v == pytest.approx(1.0) for r in plain.values() for v in r["ratio_to_plain"].values())
     torch_rows = {r["variant"] for r in result["rows"] if r["peers"]["torch"]["available"]}
-    assert torch_rows in (set(), {"lstm", "gru", "lstm proj_size=8"})
+    assert torch_rows in (set(), {"lstm", "gru", "lstm proj_size=8", "lstm bi"})
     text = (tmp_path / "speed_options.md").read_text()
     assert text.startswith("## Speed of the cell options") and "| mingru | gru |" in text
