@@ -246,16 +246,6 @@ def _prepare_out(out: str, command: str) -> None:
         raise SystemExit(f"jrnn {command}: error: --out {out!r} cannot be written ({err.strerror or err})") from err
 
 
-def _holds_checkpoint(checkpoint_dir: str | None) -> bool:
-    """Whether ``checkpoint_dir`` holds a checkpoint that ``fit`` will resume."""
-    from jrnn.train.checkpoint import _STEP_MARKER
-
-    if checkpoint_dir is None or not os.path.isdir(checkpoint_dir):
-        return False
-    return any(name.isdigit() and os.path.isfile(os.path.join(checkpoint_dir, name, _STEP_MARKER))
-               for name in os.listdir(checkpoint_dir))  # fmt: skip
-
-
 def _fresh_log(out: str, resume: bool) -> str:
     path = os.path.join(out, "log.jsonl")
     if not resume and os.path.exists(path):
@@ -504,7 +494,9 @@ def run_train(args) -> int:
         )
 
     _prepare_out(args.out, "train")
-    resuming = _holds_checkpoint(args.checkpoint_dir)  # the log of a new run starts empty
+    from jrnn.train.checkpoint import holds_checkpoint
+
+    resuming = holds_checkpoint(args.checkpoint_dir)  # the log of a new run starts empty
     model = _train_model(jrnn, args, problem.output_size, num_steps=int(np.shape(problem.val[0])[1]))
     params = jax.jit(model.init, static_argnums=1, static_argnames="init")(k_init, problem.input_size, init=args.init)
     clip = args.clip if args.clip and args.clip > 0 else None
@@ -521,9 +513,11 @@ def run_train(args) -> int:
     except FitInterrupted as err:
         return _interrupted("train", err)
     except ValueError as err:  # the checkpoint directory's (in use, another run, damaged): one line
-        if "checkpoint_dir" not in str(err):
+        message = str(err)
+        if not message.startswith("checkpoint_dir"):
             raise
-        raise SystemExit(f"jrnn train: error: --{str(err).replace('_', '-', 1).replace('resume_check=False', '--no-resume-check')}") from err
+        message = "--checkpoint-dir" + message[len("checkpoint_dir"):]
+        raise SystemExit(f"jrnn train: error: {message.replace('resume_check=False', '--no-resume-check')}") from err
     train_scores = _evaluate(model, result.params, problem.train_eval, problem.loss, metrics)
     val_scores = _evaluate(model, result.params, problem.val, problem.loss, metrics)
     wall = time.perf_counter() - t0

@@ -42,7 +42,7 @@ import numpy as np
 from jrnn._checks import fail
 from jrnn.train.runspec import checksums, describe_differences, structure, structure_difference
 
-__all__ = ["Checkpointer", "Damaged", "RunState", "check_checkpoint_dir", "restore", "resume"]
+__all__ = ["Checkpointer", "Damaged", "RunState", "check_checkpoint_dir", "holds_checkpoint", "restore", "resume"]
 
 FORMAT = 1
 
@@ -69,13 +69,26 @@ def check_checkpoint_dir(checkpoint_dir) -> str:
         fail("checkpoint_dir", "a directory (or a path to create one)", f"{directory!r}, an existing file")
     if os.path.isdir(directory):
         for name in sorted(os.listdir(directory)):
-            entry = os.path.join(directory, name)
-            if name.isdigit() and not os.path.isfile(os.path.join(entry, _STEP_MARKER)):
+            if name.isdigit() and not _is_step(directory, name):
                 fail("checkpoint_dir", "a directory whose integer-named entries are fit's checkpoints "
                      "(each step is one; older ones are deleted as training goes on)",
                      f"{directory!r} holding {name!r}, which is not a checkpoint: move it away or use "
                      "another directory")  # fmt: skip
     return os.path.abspath(directory)
+
+
+def _is_step(directory: str, name: str) -> bool:
+    """Whether ``directory/name`` is a finished checkpoint step (orbax's marker file is in it)."""
+    return os.path.isfile(os.path.join(directory, name, _STEP_MARKER))
+
+
+def holds_checkpoint(checkpoint_dir: str | os.PathLike | None) -> bool:
+    """Whether ``checkpoint_dir`` (a local folder) holds a finished checkpoint that ``fit`` would
+    resume."""
+    if checkpoint_dir is None or not os.path.isdir(checkpoint_dir):
+        return False
+    directory = os.fspath(checkpoint_dir)
+    return any(name.isdigit() and _is_step(directory, name) for name in os.listdir(directory))
 
 
 def key_to_data(key) -> tuple[jax.Array, str | None]:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["checksums", "describe_differences", "run_spec", "structure"]
+__all__ = ["checksums", "describe_differences", "run_spec", "structure", "structure_difference"]
 
 
 def structure(state) -> list[list]:
