@@ -78,6 +78,21 @@ def outer_sum(a: Array, b: Array) -> Array:
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
 
+def outer_sums(inputs: tuple, d: Array) -> tuple:
+    """``(*[outer_sum(a, d) for a in inputs], batch_sum(d))`` as one GEMM: ``[a_1, ..., a_k, 1]ᵀ d``.
+
+    One pass over ``d`` (the ``(T·B, G)`` pre-activation gradient, the largest array of a
+    backward) instead of one per product and one for the sum; the stacked rows are a copy of the
+    (narrower) inputs. Faster on the CPU where ``d`` is large against the inputs
+    (``benchmarks/NOTES.md``, section 13).
+    """
+    rows = [a.reshape(-1, a.shape[-1]) for a in inputs]
+    d = d.reshape(-1, d.shape[-1])
+    stacked = jnp.concatenate([*rows, jnp.ones((d.shape[0], 1), d.dtype)], axis=1).T @ d
+    bounds = np.cumsum([r.shape[1] for r in rows])
+    return (*jnp.split(stacked[:-1], bounds[:-1], axis=0), stacked[-1])
+
+
 def sigmoid_slope(s: Array) -> Array:
     """``σ'(a)`` written with ``s = σ(a)``."""
     return s * (1.0 - s)
@@ -252,12 +267,9 @@ class Cell:
     def param_grads(self, params, xs: Array, h_prev: Array, d_pre):
         """``d_params`` for ``a = xs @ w_x + h_prev @ w_h + b`` from ``d_pre = d_a``, summed over
         every leading axis."""
-        d_a = d_pre
-        return self.params_type(
-            w_x=outer_sum(xs, d_a),  # a = xs @ w_x + ...
-            w_h=outer_sum(h_prev, d_a),  # a = ... + h_prev @ w_h + ...
-            b=batch_sum(d_a),  # a = ... + b
-        )
+        # a = xs @ w_x + h_prev @ w_h + b: the three sums in one GEMM over [xs, h_prev, 1]
+        w_x, w_h, b = outer_sums((xs, h_prev), d_pre)
+        return self.params_type(w_x=w_x, w_h=w_h, b=b)
 
     def input_grads(self, params, d_pre) -> Array:
         """``d_xs`` from ``d_pre = d_a``: ``a = xs @ w_x + ...``, backprop into x."""
