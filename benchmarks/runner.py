@@ -34,6 +34,7 @@ PROG = "python -m benchmarks"
 
 BENCHMARKS = {
     "speed": "training gradient and inference time vs PyTorch, Flax, Equinox, NumPy hand BPTT",
+    "roofline": "fraction of the attainable matrix-product rate the training default reaches, and where the rest goes",
     "memory": "peak memory of one gradient vs T: autodiff, remat, bptt",
     "compile": "compile time vs T, layers and unroll",
     "fit_overhead": "step time of jrnn.train.fit against a hand-written jitted loop on the same model and data",

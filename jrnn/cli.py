@@ -592,7 +592,7 @@ def _train_model(jrnn, args, output_size: int, num_steps: int):
 # The command table and main
 # ----------------------------------------------------------------------------------------------
 
-_BENCH_NAMES = ("speed", "memory", "compile", "scaling", "quality", "gpu", "fit_overhead")
+_BENCH_NAMES = ("speed", "roofline", "memory", "compile", "scaling", "quality", "gpu", "fit_overhead")
 """The benchmarks of ``python -m benchmarks`` (``benchmarks.runner.BENCHMARKS``), for the help."""
 
 

@@ -344,8 +344,9 @@ def _reserve_layout(cell, params, carry0, xw):
     """``(treedef, widths, overlay)`` of a step's residuals: their tree, each leaf's last-axis
     width, and whether the first one overwrites the projection (same width ``G``)."""
     shapes = jax.eval_shape(
-        lambda p, c, x: cell.forward_step(p, c, add_bias(x, cell.input_bias(p)))[1], params, carry0, xw[0]
-    )
+        lambda p, c, x: cell.forward_step(p, c, add_bias(x, cell.input_bias(p)))[1],
+        params, carry0, jax.ShapeDtypeStruct(xw.shape[1:], xw.dtype),
+    )  # fmt: skip
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     widths = tuple(leaf.shape[-1] for leaf in leaves)
     return treedef, widths, bool(widths) and widths[0] == xw.shape[-1]
@@ -353,7 +354,8 @@ def _reserve_layout(cell, params, carry0, xw):
 
 def has_residuals(cell: Cell, params, xs: Array, carry0) -> bool:
     """Whether the cell's step keeps residuals (so ``remat`` has something to recompute)."""
-    return bool(_reserve_layout(cell, params, carry0, xs[:1] @ params.w_x)[1])
+    xw = jax.eval_shape(lambda x, w: x[:1] @ w, xs, params.w_x)  # its shape only: no product traced
+    return bool(_reserve_layout(cell, params, carry0, xw)[1])
 
 
 def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -166,6 +167,43 @@ def test_the_speed_grid_has_the_large_hidden_shapes():
         assert {(cell, shape) for cell in CELL_KINDS} <= shapes
 
 
+def _dot_flops(jaxpr, times: int = 1) -> int:
+    """FLOPs of every dot_general in a jaxpr, a scan's body counted once per step."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+            lhs, rhs = (v.aval.shape for v in eqn.invars)
+            contracted = math.prod(lhs[d] for d in lc)
+            out = math.prod(eqn.outvars[0].aval.shape)
+            total += 2 * out * contracted * times
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _dot_flops(sub, times * (eqn.params["length"] if eqn.primitive.name == "scan" else 1))
+    return total
+
+
+@pytest.mark.parametrize("kind,layers,bidirectional,D", [("vanilla", 1, False, 5), ("lstm", 2, True, 5),
+                                                         ("lstm", 1, False, 9), ("gru", 2, False, 5)])
+def test_roofline_counts_the_products_the_gradient_runs(kind, layers, bidirectional, D):
+    """``roofline.products`` against the dot products of the traced training gradient (the LSTM's
+    weight gradients stacked in one product at D = 5 < H, two at D = 9 and in the bidirectional
+    second layer)."""
+    from benchmarks import roofline
+
+    case = Case(kind, layers, bidirectional, 3, 7, D, 6)
+    problem = make_problem(case)
+
+    def loss(params, xs):
+        ys, _ = problem.model.apply(params, xs, backward="bptt")
+        return jnp.mean((ys - problem.target) ** 2)
+
+    # with the inputs differentiated too, the first layer's input gradient is live: add it
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(problem.params, jnp.asarray(problem.xs)).jaxpr
+    G = roofline.GATE_BLOCKS[kind] * case.H
+    first_input_gradient = 2 * case.T * case.B * G * case.D * (2 if bidirectional else 1)
+    assert _dot_flops(jaxpr) == roofline.flops(case) + first_input_gradient
+
+
 def test_runner_rejects_unknown_benchmarks(capsys):
     parser = runner.configure_parser(__import__("argparse").ArgumentParser())
     assert runner.run(parser.parse_args(["--only", "speed,nope"])) == 2
@@ -282,6 +320,14 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
                 assert status["check"]["ok"], (name, status["check"])
     assert [t["peer"] for t in speed["summary"]["targets"]]
     assert "| case |" in (out / "speed.md").read_text()
+
+    roofline = json.loads((out / "roofline.json").read_text())
+    assert len(roofline["rows"]) == len(speed["cases"])
+    for row in roofline["rows"]:
+        assert row["flops"] > 0 and row["attainable_s"] > 0 and row["bptt_s"] > 0
+        assert row["fraction"] == pytest.approx(row["attainable_s"] / row["bptt_s"])
+    assert {r["label"] for r in roofline["rows"] if "profile" in r} == {
+        c["label"] for c in speed["cases"] if c["case"]["layers"] == 1 and not c["case"]["bidirectional"]}
 
     memory = json.loads((out / "memory.json").read_text())
     assert {r["mode"] for r in memory["rows"]} >= {"autodiff", "remat"}

@@ -83,8 +83,8 @@ def outer_sums(inputs: tuple, d: Array) -> tuple:
 
     One pass over ``d`` (the ``(T·B, G)`` pre-activation gradient, the largest array of a
     backward) instead of one per product and one for the sum; the stacked rows are a copy of the
-    (narrower) inputs. Faster on the CPU where ``d`` is large against the inputs
-    (``benchmarks/NOTES.md``, section 13).
+    (narrower) inputs, so it pays where ``d`` is wide against them (``benchmarks/NOTES.md``,
+    section 13).
     """
     rows = [a.reshape(-1, a.shape[-1]) for a in inputs]
     d = d.reshape(-1, d.shape[-1])
@@ -267,8 +267,13 @@ class Cell:
     def param_grads(self, params, xs: Array, h_prev: Array, d_pre):
         """``d_params`` for ``a = xs @ w_x + h_prev @ w_h + b`` from ``d_pre = d_a``, summed over
         every leading axis."""
-        # a = xs @ w_x + h_prev @ w_h + b: the three sums in one GEMM over [xs, h_prev, 1]
-        w_x, w_h, b = outer_sums((xs, h_prev), d_pre)
+        # a = xs @ w_x + h_prev @ w_h + b. Where d_a is at least twice as wide as [xs, h_prev] (the
+        # LSTM with H >= D), the three sums are one GEMM over [xs, h_prev, 1]; else the stacked copy
+        # costs about what the saved passes over d_a save (the vanilla cell: G = H)
+        if d_pre.shape[-1] >= 2 * (xs.shape[-1] + h_prev.shape[-1]):
+            w_x, w_h, b = outer_sums((xs, h_prev), d_pre)
+        else:
+            w_x, w_h, b = outer_sum(xs, d_pre), outer_sum(h_prev, d_pre), batch_sum(d_pre)
         return self.params_type(w_x=w_x, w_h=w_h, b=b)
 
     def input_grads(self, params, d_pre) -> Array:
