@@ -54,7 +54,6 @@ TARGETS_DEFAULT = [
     ("torch-best", "min", 1.0, "the training default at most 1.0x PyTorch's time on every shape"),
     ("torch-best", "geomean", 1 / 0.8, "the training default at most 0.8x PyTorch's time on the geometric mean"),
     ("flax", "geomean", 1.5, "the training default at least 1.5x faster than Flax nn.RNN (geomean)"),
-    ("numpy-best", "min", 2.0, "the training default at least 2x faster than the NumPy hand BPTT on every shape"),
 ]
 
 
