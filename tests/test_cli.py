@@ -234,7 +234,10 @@ def test_ctrl_c_during_train_saves_a_checkpoint_and_exits_with_one_line(tmp_path
     args = [sys.executable, "-m", "jrnn.cli"] + TRAIN_SMALL + [
         "--steps", "1000000", "--checkpoint-every", "1000000", "--out", str(out), "--checkpoint-dir", str(ck)]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the child gets Python's default Ctrl-C handling even where the runner ignores SIGINT (a
+    # background job of a non-interactive shell does, and a child inherits an ignored signal)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
