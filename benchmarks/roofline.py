@@ -34,13 +34,14 @@ arithmetic, reading and writing the reserve, the loop); per step of its loop tha
 Bytes: the reserve (``T·B·G``, written by the forward, read and overwritten by the backward) and
 the carries are given against the copy bandwidth measured here, as the memory floor.
 
-    python -m benchmarks.roofline [--quick] [--out DIR]
+    python -m benchmarks.roofline [--quick] [--out DIR] [--render]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ from benchmarks.speed import TOLERANCE, check, default_cases, quick_cases, refer
 
 GATE_BLOCKS = {"vanilla": 1, "gru": 3, "lstm": 4}
 CARRY_LEAVES = {"vanilla": 1, "gru": 1, "lstm": 2}
+RESERVE_BLOCKS = {"vanilla": 0, "gru": 4, "lstm": 4}
+"""Width of a step's residuals in units of H (the GRU: its gates r, z, n and h_n; the vanilla cell
+keeps none)."""
 TORCH = ("torch", "torch-1t")
 
 
@@ -108,10 +112,10 @@ def flops(case: Case) -> int:
 
 
 def reserve_bytes(case: Case, itemsize: int = 4) -> int:
-    """Bytes the hand backward keeps between its loops, all layers: the gate buffer ``(T, B, G)``
-    and the carries ``(T, B, H)`` per carry leaf, per layer and direction."""
+    """Bytes the hand backward keeps between its loops, all layers: the residuals ``(T, B,
+    RESERVE_BLOCKS·H)`` and the carries ``(T, B, H)`` per carry leaf, per layer and direction."""
     B, T, _, H = case.shape
-    per = T * B * (GATE_BLOCKS[case.cell] * H + CARRY_LEAVES[case.cell] * H) * itemsize
+    per = T * B * (RESERVE_BLOCKS[case.cell] + CARRY_LEAVES[case.cell]) * H * itemsize
     return per * case.layers * (2 if case.bidirectional else 1)
 
 
@@ -284,10 +288,7 @@ def run(out_dir: Path, *, quick: bool = False, show_progress: bool = True) -> di
     bandwidth = copy_bandwidth(8 << 20 if quick else 64 << 20)
     rows = [run_case(c, product_s, rounds=rounds, budget_s=budget, min_block_s=block)
             for c in common.progress(cases, "roofline", enabled=show_progress)]  # fmt: skip
-    for r in rows:
-        if "bptt_s" in r:
-            r["class"] = shape_class(r["case"])
-            r["memory_floor_s"] = 2 * r["reserve_bytes"] / bandwidth
+    _classify(rows, bandwidth)
     result = {
         "benchmark": "roofline",
         "question": "fraction of the attainable matrix-product rate one training gradient reaches, and where the rest goes",
@@ -304,6 +305,16 @@ def run(out_dir: Path, *, quick: bool = False, show_progress: bool = True) -> di
     result["summary"] = summarize(rows)
     common.write_outputs(out_dir, "roofline", result, to_markdown(result))
     return result
+
+
+def _classify(rows: list[dict[str, Any]], bandwidth: float) -> None:
+    """Each measured row's shape class, reserve bytes and memory floor (the reserve written and
+    read once at ``bandwidth``)."""
+    for r in rows:
+        if "bptt_s" in r:
+            r["class"] = shape_class(r["case"])
+            r["reserve_bytes"] = reserve_bytes(Case(**r["case"]))
+            r["memory_floor_s"] = 2 * r["reserve_bytes"] / bandwidth
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,7 +374,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     out.append("\n### Where the time goes (one layer)\n\nforward: `scan.forward` keeping the reserve; "
                "backward: `scan.backward` (reverse loop and weight gradients); other per step: (forward + "
                "backward − their products' attainable time − their calls' dispatch) / T; glue: gradient − "
-               "forward − backward (the loss, the layer's glue; dispatch counted once).\n\n" +
+               "forward − backward (the loss, the layer's glue; dispatch counted once; negative where the two "
+               "parts, compiled apart, take longer than inside the one gradient).\n\n" +
                common.markdown_table(["case", "forward", "its products", "backward", "its products",
                                       "other per step", "glue", "memory floor"], rows))
     rows = [[cls, s["cases"], _pct(s["fraction_geomean"]), _pct(s["fraction_min"]),
@@ -382,8 +394,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=common.LOCAL_OUT)
+    parser.add_argument("--render", action="store_true", help="recompute the derived columns and rewrite "
+                        "OUT/roofline.md from OUT/roofline.json (no timing)")
     args = parser.parse_args(argv)
-    result = run(args.out, quick=args.quick)
+    if args.render:
+        path = args.out / "roofline.json"
+        result = json.loads(path.read_text())
+        _classify(result["rows"], result["method"]["copy_bandwidth_bytes_per_s"])
+        result["summary"] = summarize(result["rows"])
+        common.write_outputs(args.out, "roofline", result, to_markdown(result))
+    else:
+        result = run(args.out, quick=args.quick)
     print(to_markdown(result))
 
 

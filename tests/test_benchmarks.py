@@ -204,6 +204,19 @@ def test_roofline_counts_the_products_the_gradient_runs(kind, layers, bidirectio
     assert _dot_flops(jaxpr) == roofline.flops(case) + first_input_gradient
 
 
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_roofline_reserve_is_what_the_forward_keeps(kind):
+    from benchmarks import roofline
+    from jrnn import scan
+
+    case = Case(kind, 1, False, 3, 7, 5, 6)
+    problem = make_problem(case)
+    cell, params = problem.model.cell, problem.params.layers[0]
+    xs = jnp.swapaxes(jnp.asarray(problem.xs), 0, 1)
+    kept = scan.forward(cell, params, xs, cell.initial_carry((case.B,)), None, keep="reserve")[2]
+    assert roofline.reserve_bytes(case) == sum(a.nbytes for a in jax.tree_util.tree_leaves(kept))
+
+
 def test_runner_rejects_unknown_benchmarks(capsys):
     parser = runner.configure_parser(__import__("argparse").ArgumentParser())
     assert runner.run(parser.parse_args(["--only", "speed,nope"])) == 2
@@ -328,6 +341,12 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
         assert row["fraction"] == pytest.approx(row["attainable_s"] / row["bptt_s"])
     assert {r["label"] for r in roofline["rows"] if "profile" in r} == {
         c["label"] for c in speed["cases"] if c["case"]["layers"] == 1 and not c["case"]["bidirectional"]}
+    from benchmarks import roofline as roofline_module
+
+    (out / "roofline.md").write_text("stale\n")
+    roofline_module.main(["--render", "--out", str(out)])  # from the JSON alone, no timing
+    assert "### By shape class" in (out / "roofline.md").read_text()
+    assert json.loads((out / "roofline.json").read_text())["summary"] == roofline["summary"]
 
     memory = json.loads((out / "memory.json").read_text())
     assert {r["mode"] for r in memory["rows"]} >= {"autodiff", "remat"}
