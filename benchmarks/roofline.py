@@ -10,8 +10,8 @@ per layer and direction (``G`` the cell's gate width: ``H`` vanilla, ``3H`` GRU,
 - recurrent, forward ``(B, H) @ (H, G)``, ``T`` times, one per step of the loop;
 - recurrent, backward ``(B, G) @ (G, H)`` (``d_a w_hᵀ``), ``T`` times, one per step of the reverse loop;
 - weight gradients, once after the loop: ``[x, h, 1]ᵀ d_a``, ``(D_l + H + 1, T·B) @ (T·B, G)``,
-  where ``G ≥ 2 (D_l + H)`` (the LSTM with ``H ≥ D_l``), else ``xᵀ d_a`` and ``hᵀ d_a`` (the GRU:
-  ``xᵀ d_xp`` and ``hᵀ d_hp``), two products;
+  where ``G ≥ 2 (D_l + H)`` (``cells.base.stacks_outer_sums``: the LSTM with ``H ≥ D_l``), else
+  ``xᵀ d_a`` and ``hᵀ d_a`` (the GRU: ``xᵀ d_xp`` and ``hᵀ d_hp``), two products;
 - input gradient ``(T·B, G) @ (G, D_l)``, once, for the layers above the first only (the first
   layer's input takes no gradient in a training step).
 
@@ -84,6 +84,8 @@ class Product:
 def products(case: Case) -> list[Product]:
     """The matrix products of one training gradient of ``case`` with the hand-written backward
     (module docstring), one entry per layer, direction and kind."""
+    from jrnn.cells.base import stacks_outer_sums
+
     B, T, D, H = case.shape
     G = GATE_BLOCKS[case.cell] * H
     dirs = 2 if case.bidirectional else 1
@@ -96,7 +98,7 @@ def products(case: Case) -> list[Product]:
                 Product("recurrent, forward", B, H, G, T, True),
                 Product("recurrent, backward", B, G, H, T, True),
             ]
-            if case.cell != "gru" and G >= 2 * (D_l + H):  # Cell.param_grads: one product over [x, h, 1]
+            if case.cell != "gru" and stacks_outer_sums((D_l, H), G):  # Cell.param_grads: one over [x, h, 1]
                 out.append(Product("weight gradients", D_l + H + 1, T * B, G, 1, False))
             else:  # one product per weight (the GRU's d_xp and d_hp differ; a narrow d_a)
                 out += [Product("weight gradients", D_l, T * B, G, 1, False),

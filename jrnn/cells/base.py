@@ -78,14 +78,23 @@ def outer_sum(a: Array, b: Array) -> Array:
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
 
-def outer_sums(inputs: tuple, d: Array) -> tuple:
-    """``(*[outer_sum(a, d) for a in inputs], batch_sum(d))`` as one GEMM: ``[a_1, ..., a_k, 1]ᵀ d``.
+def stacks_outer_sums(input_widths, width: int) -> bool:
+    """Whether ``outer_sums`` stacks its inputs into one GEMM: where ``d`` (``width`` columns) is at
+    least twice as wide as the inputs together (the LSTM with ``H ≥ D``); else the stacked copy
+    costs about what the saved passes over ``d`` save (the vanilla cell: ``G = H``)."""
+    return width >= 2 * sum(input_widths)
 
-    One pass over ``d`` (the ``(T·B, G)`` pre-activation gradient, the largest array of a
-    backward) instead of one per product and one for the sum; the stacked rows are a copy of the
-    (narrower) inputs, so it pays where ``d`` is wide against them (``benchmarks/NOTES.md``,
-    section 13).
+
+def outer_sums(inputs: tuple, d: Array) -> tuple:
+    """``(*[outer_sum(a, d) for a in inputs], batch_sum(d))``.
+
+    Where ``stacks_outer_sums`` says so, as one GEMM ``[a_1, ..., a_k, 1]ᵀ d``: one pass over
+    ``d`` (the ``(T·B, G)`` pre-activation gradient, the largest array of a backward) instead of
+    one per product and one for the sum, the stacked rows a copy of the (narrower) inputs
+    (``benchmarks/NOTES.md``, section 13).
     """
+    if not stacks_outer_sums([a.shape[-1] for a in inputs], d.shape[-1]):
+        return (*(outer_sum(a, d) for a in inputs), batch_sum(d))
     rows = [a.reshape(-1, a.shape[-1]) for a in inputs]
     d = d.reshape(-1, d.shape[-1])
     stacked = jnp.concatenate([*rows, jnp.ones((d.shape[0], 1), d.dtype)], axis=1).T @ d
@@ -267,13 +276,7 @@ class Cell:
     def param_grads(self, params, xs: Array, h_prev: Array, d_pre):
         """``d_params`` for ``a = xs @ w_x + h_prev @ w_h + b`` from ``d_pre = d_a``, summed over
         every leading axis."""
-        # a = xs @ w_x + h_prev @ w_h + b. Where d_a is at least twice as wide as [xs, h_prev] (the
-        # LSTM with H >= D), the three sums are one GEMM over [xs, h_prev, 1]; else the stacked copy
-        # costs about what the saved passes over d_a save (the vanilla cell: G = H)
-        if d_pre.shape[-1] >= 2 * (xs.shape[-1] + h_prev.shape[-1]):
-            w_x, w_h, b = outer_sums((xs, h_prev), d_pre)
-        else:
-            w_x, w_h, b = outer_sum(xs, d_pre), outer_sum(h_prev, d_pre), batch_sum(d_pre)
+        w_x, w_h, b = outer_sums((xs, h_prev), d_pre)  # a = xs @ w_x + h_prev @ w_h + b
         return self.params_type(w_x=w_x, w_h=w_h, b=b)
 
     def input_grads(self, params, d_pre) -> Array:
