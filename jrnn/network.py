@@ -45,7 +45,7 @@ from jrnn._checks import (
 from jrnn.cells import Cell, check_cell, glorot_uniform
 from jrnn.cells.base import add_bias
 from jrnn.cells.init import InitPreset, torch_uniform
-from jrnn.scan import Backward, LayerDropout, compute_dtype, scan_layer, step_mask
+from jrnn.scan import Backward, LayerDropout, compute_dtype, runs_batch_major, scan_layer, step_mask
 from jrnn.unroll import Method
 from jrnn.unroll import check_options, prepare_carry
 
@@ -163,8 +163,9 @@ _MERGES = {
 """``merge -> (forward, hand-written backward)``."""
 
 
-def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, scales) -> tuple:
-    """The one stacking driver: every layer and direction of ``model`` over time-major ``xs``.
+def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, scales, time_axis: int = 0) -> tuple:
+    """The one stacking driver: every layer and direction of ``model`` over time-major ``xs``
+    (batch-major ``(B, T, ·)`` with ``time_axis=1``, every ``h`` below then too).
 
     ``run_layer(layer, direction, params, h, carry, reverse) -> (carry_T, ys, kept)`` runs one
     direction of one layer over ``h (T, B, ·)``; a bidirectional layer feeds the next one its
@@ -191,7 +192,7 @@ def stack(model: "RNN", params: "NetworkParams", xs: Array, carries, run_layer, 
         new_carries.append(tuple(cs) if model.bidirectional else cs[0])
         kept.append(ks)
         if scales[layer] is not None:
-            h = h * scales[layer][None]  # dropout, one mask per sequence
+            h = h * jnp.expand_dims(scales[layer], time_axis)  # dropout, one mask per sequence
     return h, tuple(new_carries), kept, inputs
 
 
@@ -619,9 +620,14 @@ class RNN:
 
 @functools.partial(jax.jit, static_argnames=("model", "layout", "unroll", "remat", "backward", "method"))
 def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout, unroll, remat, backward, method):
-    """``RNN.apply`` after validation, compiled once per spec and shape (also when called eagerly)."""
-    xs = layout.to_scan(xs)  # (T, B, D)
-    T, B = xs.shape[:2]
+    """``RNN.apply`` after validation, compiled once per spec and shape (also when called eagerly).
+
+    A batch-major sequence stays batch-major through the layers where the scans run it so
+    (``runs_batch_major``: no transposes of ``xs``, ``ys`` or their cotangents), unless a pooled
+    head needs the time-major top layer."""
+    ax = int(layout.batched and not layout.time_major and model.pool is None and runs_batch_major(backward, method))
+    xs = xs if ax else layout.to_scan(xs)  # (T, B, D), or (B, T, D) for ax = 1
+    T, B = (xs.shape[1], xs.shape[0]) if ax else xs.shape[:2]
     dtype = compute_dtype(xs, model.first_cell_params(params))
     if carries is None:
         carries = model.initial_carries((B,), dtype)
@@ -632,12 +638,16 @@ def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout
 
     def run_layer(layer, direction, p, h, carry, reverse):
         carry_T, ys = scan_layer(model.cell, p, h, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,
-                                 backward=backward, method=method, dropout=drops[layer][direction])  # fmt: skip
+                                 backward=backward, method=method, dropout=drops[layer][direction],
+                                 time_axis=ax)  # fmt: skip
         return carry_T, ys, None
 
     scales = dropout_scales(model, dropout_key, B, dtype)
-    top, carries_out, _, _ = stack(model, params, xs, carries, run_layer, scales)
-    if model.pool is None:
+    top, carries_out, _, _ = stack(model, params, xs, carries, run_layer, scales, ax)
+    if ax:
+        valid = step_mask(lengths, T)
+        ys = readout(params, top, None if valid is None else valid.T)  # batch-major already
+    elif model.pool is None:
         ys = layout.from_scan(readout(params, top, step_mask(lengths, T)))
     else:
         ys = readout(params, pool(model, top, carries_out, lengths), None)  # (B, O)

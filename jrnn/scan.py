@@ -76,8 +76,32 @@ about this many ``(steps, B, G)`` elements (4 MiB in float32), enough for effici
 most an eighth of the sequence, so that a few chunks' temporaries stay well below the reserve
 they replace."""
 
-_row = jax.lax.dynamic_index_in_dim
-_put = jax.lax.dynamic_update_index_in_dim
+
+
+def _row(a: Array, t, ax: int = 0) -> Array:
+    """Row ``t`` of ``a`` along its time axis ``ax`` (0: time-major ``(T, B, ·)``, 1: batch-major
+    ``(B, T, ·)``), without that axis."""
+    return jax.lax.dynamic_index_in_dim(a, t, ax, keepdims=False)
+
+
+def _put(a: Array, row: Array, t, ax: int = 0) -> Array:
+    """``a`` with row ``t`` along its time axis ``ax`` replaced by ``row``."""
+    return jax.lax.dynamic_update_index_in_dim(a, row, t, ax)
+
+
+def _steps(a: Array, s, n: int, ax: int = 0) -> Array:
+    """Steps ``[s, s + n)`` of ``a`` along its time axis ``ax``."""
+    return jax.lax.dynamic_slice_in_dim(a, s, n, axis=ax)
+
+
+def _drop_axis(shape: tuple, ax: int) -> tuple:
+    """``shape`` without its time axis ``ax``: the shape of one step's row."""
+    return shape[:ax] + shape[ax + 1 :]
+
+
+def _with_steps(shape: tuple, n: int, ax: int) -> tuple:
+    """A row's ``shape`` with a time axis of ``n`` steps inserted at ``ax``."""
+    return shape[:ax] + (n,) + shape[ax:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,9 +121,10 @@ def _scales(dropout: LayerDropout | None) -> tuple:
     return (None, None) if dropout is None else (dropout.x, dropout.h)
 
 
-def _times(a: Array, scale: Array | None) -> Array:
-    """``a (T, B, ·)`` times a per-sequence ``scale (B, ·)``, the same at every step (None: ``a``)."""
-    return a if scale is None else a * scale[None]
+def _times(a: Array, scale: Array | None, ax: int = 0) -> Array:
+    """``a (T, B, ·)`` (``(B, T, ·)`` for ``ax = 1``) times a per-sequence ``scale (B, ·)``, the
+    same at every step (None: ``a``)."""
+    return a if scale is None else a * jnp.expand_dims(scale, ax)
 
 
 def compute_dtype(xs, params):
@@ -140,15 +165,20 @@ def step_mask(steps: Array | None, num_steps: int) -> Array | None:
     return jnp.arange(num_steps)[:, None] < steps[None, :]
 
 
-def zero_skipped(xs: Array, steps: Array | None) -> Array:
+def zero_skipped(xs: Array, steps: Array | None, ax: int = 0) -> Array:
     """``xs (T, B, D)`` with the steps that do not run (``step_mask``) set to zero. Their outputs
     are discarded anyway, but a NaN or an infinity there would still reach the weight gradients
     through the input projection (``0·NaN``); padding is never read, as PyTorch's packed
-    sequences never read it."""
-    valid = step_mask(steps, xs.shape[0])
+    sequences never read it. ``ax = 1``: ``xs`` is batch-major ``(B, T, D)``."""
+    valid = step_mask(steps, xs.shape[ax])
     if valid is None:
         return xs
-    return jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
+    return jnp.where(_in_layout(valid, ax)[..., None], xs, jnp.zeros_like(xs))
+
+
+def _in_layout(m: Array, ax: int) -> Array:
+    """A time-major ``(T, B, ...)`` mask laid out like the arrays of time axis ``ax``."""
+    return m if ax == 0 else jnp.swapaxes(m, 0, 1)
 
 
 def is_general_mask(steps) -> bool:
@@ -187,7 +217,7 @@ def _valid_before(valid: Array | None, reverse: bool) -> Array | None:
     return jnp.concatenate([valid[1:], false]) if reverse else jnp.concatenate([false, valid[:-1]])
 
 
-def entering(states: Array, first: Array, valid: Array | None, reverse: bool) -> Array:
+def entering(states: Array, first: Array, valid: Array | None, reverse: bool, ax: int = 0) -> Array:
     """The carry that entered each step, from the per-step carries after it.
 
     ``states (T, B, H)`` holds the carry after each step, zero at padded steps; ``first (B, H)``
@@ -195,14 +225,17 @@ def entering(states: Array, first: Array, valid: Array | None, reverse: bool) ->
     ``reverse``); when that step is padded (or t is the first processed) the carry entering t is
     still the initial carry, since padded steps leave the carry unchanged and the valid steps of
     a sequence are processed first (forward) or come right after its padding (reverse).
+    ``ax = 1``: ``states`` is batch-major ``(B, T, H)`` (``valid`` stays ``(T, B)``).
     """
+    T = states.shape[ax]
+    first = jnp.expand_dims(first, ax)
     if reverse:
-        shifted = jnp.concatenate([states[1:], first[None]], axis=0)
+        shifted = jnp.concatenate([_steps(states, 1, T - 1, ax), first], axis=ax)
     else:
-        shifted = jnp.concatenate([first[None], states[:-1]], axis=0)
+        shifted = jnp.concatenate([first, _steps(states, 0, T - 1, ax)], axis=ax)
     if valid is None:
         return shifted
-    return jnp.where(_valid_before(valid, reverse)[..., None], shifted, first[None])
+    return jnp.where(_in_layout(_valid_before(valid, reverse), ax)[..., None], shifted, first)
 
 
 def _entering_source(valid: Array, reverse: bool) -> Array:
@@ -217,34 +250,35 @@ def _entering_source(valid: Array, reverse: bool) -> Array:
     return jnp.concatenate([jnp.full_like(t[:1], -1), last_at_or_before[:-1]])
 
 
-def _gather_entering(states: Array, first: Array, source: Array) -> Array:
+def _gather_entering(states: Array, first: Array, source: Array, ax: int = 0) -> Array:
     """The carries entering the steps of ``source (n, B)`` (``_entering_source``), read from the
-    stored carries ``states (T, B, H)``: ``(n, B, H)``."""
-    T = states.shape[0]
-    rows = jnp.take_along_axis(states, jnp.clip(source, 0, T - 1)[..., None], axis=0)
+    stored carries ``states (T, B, H)``: ``(n, B, H)`` (batch-major for ``ax = 1``)."""
+    T = states.shape[ax]
+    source = _in_layout(source, ax)
+    rows = jnp.take_along_axis(states, jnp.clip(source, 0, T - 1)[..., None], axis=ax)
     has = (source >= 0) & (source <= T - 1)
-    return jnp.where(has[..., None], rows, first[None])
+    return jnp.where(has[..., None], rows, jnp.expand_dims(first, ax))
 
 
-def _entering_row(states, first, t, before_t, reverse):
+def _entering_row(states, first, t, before_t, reverse, ax=0):
     """The carry entering step t, read from the stored carries (see ``entering``)."""
-    T = states.shape[0]
-    row = _row(states, jnp.clip(t + 1 if reverse else t - 1, 0, T - 1), keepdims=False)
+    T = states.shape[ax]
+    row = _row(states, jnp.clip(t + 1 if reverse else t - 1, 0, T - 1), ax)
     has = (t < T - 1) if reverse else (t > 0)
     if before_t is not None:
         has = jnp.logical_and(has, before_t)[:, None]
     return jnp.where(has, row, first)
 
 
-def _entering_rows(states, first, s, n, before, reverse):
+def _entering_rows(states, first, s, n, before, reverse, ax=0):
     """The carries entering steps ``[s, s + n)``, gathered from the stored carries."""
-    T = states.shape[0]
+    T = states.shape[ax]
     idx = s + jnp.arange(n) + (1 if reverse else -1)
-    rows = jnp.take(states, jnp.clip(idx, 0, T - 1), axis=0)  # (n, B, H)
+    rows = jnp.take(states, jnp.clip(idx, 0, T - 1), axis=ax)  # (n, B, H), (B, n, H) for ax = 1
     has = ((idx >= 0) & (idx <= T - 1))[:, None]
     if before is not None:
-        has = has & jax.lax.dynamic_slice_in_dim(before, s, n, axis=0)
-    return jnp.where(has[..., None], rows, first[None])
+        has = has & _steps(before, s, n)
+    return jnp.where(_in_layout(has, ax)[..., None], rows, jnp.expand_dims(first, ax))
 
 
 def _masked(m, new, old):
@@ -253,11 +287,11 @@ def _masked(m, new, old):
     return carry, jax.tree_util.tree_map(lambda a: jnp.where(m, a, jnp.zeros_like(a)), carry)
 
 
-def _rows(bufs, t):
-    return tuple(_row(b, t, keepdims=False) for b in bufs)
+def _rows(bufs, t, ax=0):
+    return tuple(_row(b, t, ax) for b in bufs)
 
 
-def _write_then_read(bufs, rows, t, t_next):
+def _write_then_read(bufs, rows, t, t_next, ax=0):
     """Write ``rows`` over row t of ``bufs`` (tuples), then read row ``t_next`` of the result.
 
     Reading the next step's row *after* the write makes the write the only use of the old
@@ -265,8 +299,8 @@ def _write_then_read(bufs, rows, t, t_next):
     the read into consumers scheduled after the write, and it would copy the whole buffer at
     every step to keep them correct.
     """
-    bufs = tuple(_put(b, r, t, 0) for b, r in zip(bufs, rows))
-    return bufs, _rows(bufs, jnp.clip(t_next, 0, bufs[0].shape[0] - 1))
+    bufs = tuple(_put(b, r, t, ax) for b, r in zip(bufs, rows))
+    return bufs, _rows(bufs, jnp.clip(t_next, 0, bufs[0].shape[ax] - 1), ax)
 
 
 def _next(reverse):
@@ -340,70 +374,101 @@ class Residuals(NamedTuple):
     reserve: Any
 
 
-def _reserve_layout(cell, params, carry0, xw):
+def _reserve_layout(cell, params, carry0, xw, ax=0):
     """``(treedef, widths, overlay)`` of a step's residuals: their tree, each leaf's last-axis
-    width, and whether the first one overwrites the projection (same width ``G``)."""
+    width, and whether the first one overwrites the projection (same width ``G``). ``xw`` is the
+    projection (or its shape), time axis ``ax``."""
     shapes = jax.eval_shape(
         lambda p, c, x: cell.forward_step(p, c, add_bias(x, cell.input_bias(p)))[1],
-        params, carry0, jax.ShapeDtypeStruct(xw.shape[1:], xw.dtype),
+        params, carry0, jax.ShapeDtypeStruct(_drop_axis(xw.shape, ax), xw.dtype),
     )  # fmt: skip
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     widths = tuple(leaf.shape[-1] for leaf in leaves)
     return treedef, widths, bool(widths) and widths[0] == xw.shape[-1]
 
 
-def has_residuals(cell: Cell, params, xs: Array, carry0) -> bool:
+def has_residuals(cell: Cell, params, xs: Array, carry0, ax: int = 0) -> bool:
     """Whether the cell's step keeps residuals (so ``remat`` has something to recompute)."""
-    xw = jax.eval_shape(lambda x, w: x[:1] @ w, xs, params.w_x)  # its shape only: no product traced
-    return bool(_reserve_layout(cell, params, carry0, xw)[1])
+    xw = jax.eval_shape(lambda x, w: x @ w, xs, params.w_x)  # its shape only: no product traced
+    return bool(_reserve_layout(cell, params, carry0, xw, ax)[1])
 
 
-def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None):
-    """The forward loop over ``xs (n, B, D)`` (already scaled by input dropout); ``(carry_T,
-    states, reserve)``, ``reserve`` None for a cell without residuals."""
-    n = xs.shape[0]
+def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None, ax=0):
+    """The forward loop over ``xs (n, B, D)`` (``(B, n, D)`` for ``ax = 1``; already scaled by input
+    dropout); ``(carry_T, states, reserve)``, ``reserve`` None for a cell without residuals. The
+    stored carries and the reserve are laid out like ``xs``."""
+    n = xs.shape[ax]
     xw = xs @ params.w_x  # (n, B, G): one GEMM for all steps; the bias joins in the loop
     bias = cell.input_bias(params)
-    treedef, widths, overlay = _reserve_layout(cell, params, carry0, xw)
+    treedef, widths, overlay = _reserve_layout(cell, params, carry0, xw, ax)
+    carry_leaves, carry_def = jax.tree_util.tree_flatten(carry0)
+    t_next = _next(reverse)
+    first = n - 1 if reverse else 0
 
-    if not widths:  # no residuals: the projection is read as a scanned input
+    def store(out):
+        """The carries of one step, as the rows to write into ``states``."""
+        return tuple(jax.tree_util.tree_leaves(out))
 
-        def step(carry, inputs):
-            xw_t, m_t = inputs
-            new, _ = cell.forward_step(params, carry, add_bias(xw_t, bias), h_scale)
-            return (new, new) if m_t is None else _masked(m_t[:, None], new, carry)
+    if not widths and len(carry_leaves) == 1 and carry_leaves[0].shape == _drop_axis(xw.shape, ax) \
+            and carry_leaves[0].dtype == xw.dtype:  # fmt: skip
+        # no residuals, and the carry has the projection's width (the vanilla cell): each step's
+        # carry is written over its spent row of the projection, which becomes the stored carries
 
-        carry_T, states = jax.lax.scan(step, carry0, (xw, m), reverse=reverse, unroll=unroll)
-        return carry_T, states, None
+        def step(state, inputs):
+            carry, bufs, rows = state
+            t, m_t = inputs
+            new, _ = cell.forward_step(params, carry, add_bias(rows[0], bias), h_scale)
+            carry, out = (new, new) if m_t is None else _masked(m_t[:, None], new, carry)
+            bufs, rows = _write_then_read(bufs, store(out), t, t_next(t), ax)
+            return (carry, bufs, rows), None
+
+        state0 = (carry0, (xw,), _rows((xw,), first, ax))
+        (carry_T, bufs, _), _ = jax.lax.scan(step, state0, (jnp.arange(n), m), reverse=reverse, unroll=unroll)
+        return carry_T, jax.tree_util.tree_unflatten(carry_def, list(bufs)), None
+
+    # the stored carries: one (n, B, ·) buffer per carry leaf, written row by row
+    states = tuple(jnp.zeros(_with_steps(c.shape, n, ax), c.dtype) for c in carry_leaves)
+    if not widths:  # no residuals and another carry: the projection is read row by row
+
+        def step(state, inputs):
+            carry, states = state
+            t, m_t = inputs
+            new, _ = cell.forward_step(params, carry, add_bias(_row(xw, t, ax), bias), h_scale)
+            carry, out = (new, new) if m_t is None else _masked(m_t[:, None], new, carry)
+            return (carry, tuple(_put(s, r, t, ax) for s, r in zip(states, store(out)))), None
+
+        (carry_T, states), _ = jax.lax.scan(step, (carry0, states), (jnp.arange(n), m), reverse=reverse,
+                                            unroll=unroll)  # fmt: skip
+        return carry_T, jax.tree_util.tree_unflatten(carry_def, list(states)), None
 
     # the reserve: the projection's buffer (overwritten by the first residual when it fits) and
     # one (n, B, width) buffer for each further residual
     extra = widths[1:] if overlay else widths
-    bufs = (xw, *(jnp.zeros(xw.shape[:2] + (w,), xw.dtype) for w in extra))
-    t_next = _next(reverse)
+    bufs = (xw, *(jnp.zeros(xw.shape[:-1] + (w,), xw.dtype) for w in extra))
 
     def step(state, inputs):
-        carry, bufs, rows = state
+        carry, bufs, rows, states = state
         t, m_t = inputs
         new, res = cell.forward_step(params, carry, add_bias(rows[0], bias), h_scale)
         res = tuple(jax.tree_util.tree_leaves(res))
         if overlay:
-            bufs, rows = _write_then_read(bufs, res, t, t_next(t))
+            bufs, rows = _write_then_read(bufs, res, t, t_next(t), ax)
         else:
-            written, rows_next = _write_then_read(bufs[1:], res, t, t_next(t))
+            written, rows_next = _write_then_read(bufs[1:], res, t, t_next(t), ax)
             bufs = (bufs[0], *written)
-            rows = (_row(bufs[0], jnp.clip(t_next(t), 0, n - 1), keepdims=False), *rows_next)
-        out = (new, new) if m_t is None else _masked(m_t[:, None], new, carry)
-        return (out[0], bufs, rows), out[1]
+            rows = (_row(bufs[0], jnp.clip(t_next(t), 0, n - 1), ax), *rows_next)
+        carry, out = (new, new) if m_t is None else _masked(m_t[:, None], new, carry)
+        states = tuple(_put(s, r, t, ax) for s, r in zip(states, store(out)))
+        return (carry, bufs, rows, states), None
 
-    state0 = (carry0, bufs, _rows(bufs, n - 1 if reverse else 0))
-    (carry_T, bufs, _), states = jax.lax.scan(step, state0, (jnp.arange(n), m), reverse=reverse, unroll=unroll)
+    state0 = (carry0, bufs, _rows(bufs, first, ax), states)
+    (carry_T, bufs, _, states), _ = jax.lax.scan(step, state0, (jnp.arange(n), m), reverse=reverse, unroll=unroll)
     reserve = jax.tree_util.tree_unflatten(treedef, list(bufs if overlay else bufs[1:]))
-    return carry_T, states, reserve
+    return carry_T, jax.tree_util.tree_unflatten(carry_def, list(states)), reserve
 
 
 def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep="reserve", remat_chunk=None,
-            dropout: LayerDropout | None = None):  # fmt: skip
+            dropout: LayerDropout | None = None, time_axis: int = 0):  # fmt: skip
     """Run one layer; return ``(carry_T, ys, residuals)``.
 
     ``keep`` is ``"reserve"`` (residuals and carries, for ``backward``), ``"carries"`` (carries
@@ -411,32 +476,41 @@ def forward(cell, params, xs, carry0, lengths, *, reverse=False, unroll=1, keep=
     ``"carries"`` the input projection is done chunk by chunk too (``remat_chunk`` steps, as in
     ``backward``), so that no ``(T, B, G)`` array exists at any point. ``dropout`` scales the
     inputs and the recurrent ``h`` (``LayerDropout``); ``backward`` takes the same.
+    ``time_axis=1``: ``xs`` is batch-major ``(B, T, D)``, and so are ``ys`` and every stored
+    array (``lengths`` and masks stay as they are); the loops then read and write strided rows,
+    and no transpose is needed on either side of the layer.
     """
-    T = xs.shape[0]
+    ax = time_axis
+    T = xs.shape[ax]
     valid = step_mask(lengths, T)
     x_scale, h_scale = _scales(dropout)
-    xs = _times(xs, x_scale)  # input dropout: one mask per sequence, before the projection
-    if keep == "carries" and has_residuals(cell, params, xs, carry0):
-        size = _chunk_size(remat_chunk, T, xs.shape[1], cell.gate_size)
-        carry_T, states = _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, h_scale)
+    xs = _times(xs, x_scale, ax)  # input dropout: one mask per sequence, before the projection
+    if keep == "carries" and has_residuals(cell, params, xs, carry0, ax):
+        size = _chunk_size(remat_chunk, T, _batch(xs, ax), cell.gate_size)
+        carry_T, states = _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, h_scale, ax)
         return carry_T, cell.output(states), Residuals(states, None)
-    carry_T, states, reserve = _run_forward(cell, params, xs, carry0, valid, reverse, unroll, h_scale)
+    carry_T, states, reserve = _run_forward(cell, params, xs, carry0, valid, reverse, unroll, h_scale, ax)
     if keep == "none":
         return carry_T, cell.output(states), None
     return carry_T, cell.output(states), Residuals(states, reserve if keep == "reserve" else None)
 
 
-def _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, h_scale):
+def _batch(xs: Array, ax: int) -> int:
+    """The batch size of ``xs`` with time axis ``ax``."""
+    return xs.shape[1 - ax]
+
+
+def _chunked_forward(cell, params, xs, carry0, valid, reverse, unroll, size, h_scale, ax=0):
     """``_run_forward`` over chunks of ``size`` steps; the carries go into ``(T, B, ·)`` buffers."""
-    T = xs.shape[0]
+    T = xs.shape[ax]
     count, rest = divmod(T, size)
-    states = jax.tree_util.tree_map(lambda c: jnp.zeros((T, *c.shape), c.dtype), carry0)
+    states = jax.tree_util.tree_map(lambda c: jnp.zeros(_with_steps(c.shape, T, ax), c.dtype), carry0)
 
     def chunk(s, n, acc):
         carry, states = acc
-        sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
-        carry, part, _ = _run_forward(cell, params, sl(xs), carry, sl(valid), reverse, unroll, h_scale)
-        put = lambda buf, p: jax.lax.dynamic_update_slice_in_dim(buf, p, s, axis=0)  # noqa: E731
+        m = None if valid is None else _steps(valid, s, n)
+        carry, part, _ = _run_forward(cell, params, _steps(xs, s, n, ax), carry, m, reverse, unroll, h_scale, ax)
+        put = lambda buf, p: jax.lax.dynamic_update_slice_in_dim(buf, p, s, axis=ax)  # noqa: E731
         return carry, jax.tree_util.tree_map(put, states, part)
 
     return _over_chunks(chunk, (carry0, states), T, size, count, rest, first_to_last=not reverse)
@@ -490,22 +564,25 @@ class _Segment(NamedTuple):
     first: Any  # the carry entering the segment's first processed step when none is stored
 
 
-def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unroll, h_scale=None):
+def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unroll, h_scale=None, ax=0):
     """The reverse loop over a segment whose residuals are in ``reserve`` (None: the cell keeps
-    none); returns ``(d_carry0, d_pre)``, ``d_pre`` written over the reserve when it fits."""
+    none); returns ``(d_carry0, d_pre)``, ``d_pre`` written over the reserve when it fits (over
+    the spent rows of ``d_ys`` for a cell without residuals whose ``d_pre`` has their shape). Every
+    array of the segment has its time axis at ``ax``."""
     st_leaves, carry_def = jax.tree_util.tree_flatten(seg.states)
     first_leaves = jax.tree_util.tree_leaves(seg.first)
     res_leaves, res_def = jax.tree_util.tree_flatten(reserve)
     bufs = tuple(res_leaves)
-    n = st_leaves[0].shape[0]
+    n = st_leaves[0].shape[ax]
     t_next = _against(reverse)
+    last = 0 if reverse else n - 1  # the first step the reverse loop visits
 
     def step_backward(d_carry, rows, t, m_t, before_t, cut_t, d_y_t):
-        carry = jax.tree_util.tree_unflatten(carry_def, [_row(s, t, keepdims=False) for s in st_leaves])
+        carry = jax.tree_util.tree_unflatten(carry_def, [_row(s, t, ax) for s in st_leaves])
         carry_tm1 = jax.tree_util.tree_unflatten(
             carry_def,
             [
-                _entering_row(s, f, t, before_t, reverse) if p is None else _row(p, t, keepdims=False)
+                _entering_row(s, f, t, before_t, reverse, ax) if p is None else _row(p, t, ax)
                 for s, f, p in zip(st_leaves, first_leaves, seg.prev)
             ],
         )
@@ -520,37 +597,78 @@ def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unro
             d_carry_tm1 = tree_where(cut_t, tree_zeros_like(d_carry_tm1), d_carry_tm1)  # truncation
         return d_carry_tm1, d_pre
 
-    inputs = (jnp.arange(n), seg.valid, seg.before, seg.cuts, seg.d_ys)
-    pre_def = _in_place_layout(cell, params, seg, reserve, bufs)
+    inputs = (jnp.arange(n), seg.valid, seg.before, seg.cuts)
+    pre_def = _in_place_layout(cell, params, seg, reserve, bufs, ax)
     if pre_def is not None:  # d_pre over the spent residuals, in place
 
         def step(state, inputs):
             d_carry, bufs, rows = state
-            d_carry_tm1, d_pre = step_backward(d_carry, rows, *inputs)
             t = inputs[0]
-            bufs, rows = _write_then_read(bufs, tuple(jax.tree_util.tree_leaves(d_pre)), t, t_next(t))
+            d_carry_tm1, d_pre = step_backward(d_carry, rows, *inputs, _row(seg.d_ys, t, ax))
+            bufs, rows = _write_then_read(bufs, tuple(jax.tree_util.tree_leaves(d_pre)), t, t_next(t), ax)
             return (d_carry_tm1, bufs, rows), None
 
-        state0 = (d_carry_T, bufs, _rows(bufs, 0 if reverse else n - 1))
+        state0 = (d_carry_T, bufs, _rows(bufs, last, ax))
         (d_carry0, bufs, _), _ = jax.lax.scan(step, state0, inputs, reverse=not reverse, unroll=unroll)
         return d_carry0, jax.tree_util.tree_unflatten(pre_def, list(bufs))
 
-    def step(d_carry, inputs):  # d_pre as the loop's output
-        return step_backward(d_carry, _rows(bufs, inputs[0]), *inputs)
+    if not bufs and _pre_fits(cell, params, seg, ax):  # d_pre over the spent rows of d_ys, in place
 
-    return jax.lax.scan(step, d_carry_T, inputs, reverse=not reverse, unroll=unroll)
+        def step(state, inputs):
+            d_carry, d_ys, rows = state
+            t = inputs[0]
+            d_carry_tm1, d_pre = step_backward(d_carry, (), *inputs, rows[0])
+            d_ys, rows = _write_then_read(d_ys, (d_pre,), t, t_next(t), ax)
+            return (d_carry_tm1, d_ys, rows), None
+
+        state0 = (d_carry_T, (seg.d_ys,), _rows((seg.d_ys,), last, ax))
+        (d_carry0, (d_pre,), _), _ = jax.lax.scan(step, state0, inputs, reverse=not reverse, unroll=unroll)
+        return d_carry0, d_pre
+
+    # d_pre into buffers of its own, laid out like the segment
+    carry = _one_step(seg.states, ax)
+    shapes = jax.eval_shape(
+        lambda p, r, c: cell.backward_step(p, r, c, c, c)[0], params, _one_step(reserve, ax), carry
+    )  # fmt: skip
+    leaves, pre_def = jax.tree_util.tree_flatten(shapes)
+    pre = tuple(jnp.zeros(_with_steps(a.shape, n, ax), a.dtype) for a in leaves)
+
+    def step(state, inputs):
+        d_carry, pre = state
+        t = inputs[0]
+        d_carry_tm1, d_pre = step_backward(d_carry, _rows(bufs, t, ax), *inputs, _row(seg.d_ys, t, ax))
+        pre = tuple(_put(b, r, t, ax) for b, r in zip(pre, jax.tree_util.tree_leaves(d_pre)))
+        return (d_carry_tm1, pre), None
+
+    (d_carry0, pre), _ = jax.lax.scan(step, (d_carry_T, pre), inputs, reverse=not reverse, unroll=unroll)
+    return d_carry0, jax.tree_util.tree_unflatten(pre_def, list(pre))
 
 
-def _in_place_layout(cell, params, seg, reserve, bufs):
+def _one_step(tree, ax):
+    """The shapes of one step's row of every leaf of ``tree`` (time axis ``ax``)."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(_drop_axis(a.shape, ax), a.dtype), tree)
+
+
+def _pre_fits(cell, params, seg, ax=0) -> bool:
+    """Whether a step's ``d_pre`` of a cell without residuals is one array shaped like a row of
+    ``d_ys`` (the vanilla cell), so that it can be written over the spent rows of ``d_ys``."""
+    carry = _one_step(seg.states, ax)
+    shape = jax.eval_shape(lambda p, c: cell.backward_step(p, None, c, c, c)[0], params, carry)
+    row = _one_step(seg.d_ys, ax)
+    return isinstance(shape, jax.ShapeDtypeStruct) and shape.shape == row.shape and shape.dtype == row.dtype
+
+
+def _in_place_layout(cell, params, seg, reserve, bufs, ax=0):
     """The tree of a step's ``d_pre`` when it has the reserve's layout (so it can be written over
     it), else None."""
     if not bufs:
         return None
-    one = lambda tree: jax.tree_util.tree_map(lambda a: a[0], tree)  # noqa: E731
-    carry = one(seg.states)
-    shapes = jax.eval_shape(lambda p, r, c: cell.backward_step(p, r, c, c, c)[0], params, one(reserve), carry)
+    carry = _one_step(seg.states, ax)
+    shapes = jax.eval_shape(
+        lambda p, r, c: cell.backward_step(p, r, c, c, c)[0], params, _one_step(reserve, ax), carry
+    )
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    same = len(leaves) == len(bufs) and all(p.shape == b.shape[1:] for p, b in zip(leaves, bufs))
+    same = len(leaves) == len(bufs) and all(p.shape == _drop_axis(b.shape, ax) for p, b in zip(leaves, bufs))
     return treedef if same else None
 
 
@@ -570,6 +688,7 @@ def backward(
     need_d_xs=True,
     remat_chunk=None,
     dropout: LayerDropout | None = None,
+    time_axis: int = 0,
 ):
     """The backward of ``forward``: ``(d_params, d_xs, d_carry0)``.
 
@@ -578,14 +697,16 @@ def backward(
     ``truncation_cuts``) zero the gradient into the carry entering those steps.
     ``need_d_xs=False`` skips the input-gradient GEMM (``d_xs`` is then None). ``dropout`` is
     the forward's: ``d_xs`` comes back through the input mask, and the weight gradients read the
-    scaled inputs and the scaled entering ``h``.
+    scaled inputs and the scaled entering ``h``. ``time_axis`` is the forward's: 1 for batch-major
+    ``xs (B, T, D)``, ``d_ys`` and residuals; ``d_xs`` then comes back batch-major too.
 
     When the residuals hold no reserve (``keep="carries"``) they are recomputed chunk by chunk,
     ``remat_chunk`` steps at a time (default ``remat_chunk_steps``): per chunk, two GEMMs rebuild
     them, the reverse loop runs over it, and its weight gradients are added up; the peak memory is
     then the stored carries plus one chunk.
     """
-    T = xs.shape[0]
+    ax = time_axis
+    T = xs.shape[ax]
     valid = step_mask(lengths, T)
     before = _valid_before(valid, reverse)
     # a general mask (gaps): the carry entering a step comes from the last run step before it
@@ -594,45 +715,47 @@ def backward(
     states, reserve = residuals
     num_leaves = len(jax.tree_util.tree_leaves(carry0))
     x_scale, h_scale = _scales(dropout)
-    xs = _times(xs, x_scale)  # the inputs as the projection saw them
-    if reserve is not None or not has_residuals(cell, params, xs, carry0):
+    xs = _times(xs, x_scale, ax)  # the inputs as the projection saw them
+    if reserve is not None or not has_residuals(cell, params, xs, carry0, ax):
         # the whole sequence as one segment; the h entering each step is materialized for the
         # d_w_h GEMM, the other carry parts (the LSTM's c) are read from the stored carries
         if source is None:
-            h_prev = entering(cell.output(states), cell.output(carry0), valid, reverse)
+            h_prev = entering(cell.output(states), cell.output(carry0), valid, reverse, ax)
             prev = [h_prev] + [None] * (num_leaves - 1)
         else:
-            prev = [_gather_entering(st, c0, source) for st, c0 in
+            prev = [_gather_entering(st, c0, source, ax) for st, c0 in
                     zip(jax.tree_util.tree_leaves(states), jax.tree_util.tree_leaves(carry0))]  # fmt: skip
             h_prev = prev[0]
         seg = _Segment(xs, d_ys, valid, before, cuts, states, prev, carry0)
-        d_carry0, d_pre = _reverse_loop(cell, params, seg, reserve, d_carry_T, reverse, unroll, h_scale)
-        d_params = cell.param_grads(params, xs, _times(h_prev, h_scale), d_pre)  # h as w_h saw it
-        d_xs = _times(cell.input_grads(params, d_pre), x_scale) if need_d_xs else None  # xs · x_scale
+        d_carry0, d_pre = _reverse_loop(cell, params, seg, reserve, d_carry_T, reverse, unroll, h_scale, ax)
+        d_params = cell.param_grads(params, xs, _times(h_prev, h_scale, ax), d_pre)  # h as w_h saw it
+        d_xs = _times(cell.input_grads(params, d_pre), x_scale, ax) if need_d_xs else None  # xs · x_scale
         return d_params, d_xs, d_carry0
 
-    size = _chunk_size(remat_chunk, T, xs.shape[1], cell.gate_size)
+    size = _chunk_size(remat_chunk, T, _batch(xs, ax), cell.gate_size)
     count, rest = divmod(T, size)
 
     def chunk(s, n, acc):
         """Recompute and run steps ``[s, s + n)``, adding their gradients to ``acc``."""
         d_carry, d_params, d_xs = acc
-        sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, s, n, axis=0)  # noqa: E731
+        sl = lambda a: None if a is None else _steps(a, s, n, ax)  # noqa: E731  (time axis ax)
+        sl_t = lambda a: None if a is None else _steps(a, s, n)  # noqa: E731  (masks: time-major)
         if source is None:
-            entering_rows = lambda st, c0: _entering_rows(st, c0, s, n, before, reverse)  # noqa: E731
+            entering_rows = lambda st, c0: _entering_rows(st, c0, s, n, before, reverse, ax)  # noqa: E731
         else:
-            entering_rows = lambda st, c0: _gather_entering(st, c0, sl(source))  # noqa: E731
+            entering_rows = lambda st, c0: _gather_entering(st, c0, sl_t(source), ax)  # noqa: E731
         prev = jax.tree_util.tree_map(entering_rows, states, carry0)
         part = jax.tree_util.tree_map(sl, states)
-        seg = _Segment(sl(xs), sl(d_ys), sl(valid), sl(before), sl(cuts), part, jax.tree_util.tree_leaves(prev), carry0)
-        h_scale_n = None if h_scale is None else h_scale[None]  # the same for the chunk's n steps
+        seg = _Segment(sl(xs), sl(d_ys), sl_t(valid), sl_t(before), sl_t(cuts), part, jax.tree_util.tree_leaves(prev),
+                       carry0)  # fmt: skip
+        h_scale_n = None if h_scale is None else jnp.expand_dims(h_scale, ax)  # the same for the chunk's n steps
         _, recomputed = cell.forward_step(params, prev, cell.project_inputs(params, seg.xs), h_scale_n)  # two GEMMs
-        d_carry, d_pre = _reverse_loop(cell, params, seg, recomputed, d_carry, reverse, unroll, h_scale)
-        d_part = cell.param_grads(params, seg.xs, _times(cell.output(prev), h_scale), d_pre)
+        d_carry, d_pre = _reverse_loop(cell, params, seg, recomputed, d_carry, reverse, unroll, h_scale, ax)
+        d_part = cell.param_grads(params, seg.xs, _times(cell.output(prev), h_scale, ax), d_pre)
         d_params = jax.tree_util.tree_map(jnp.add, d_params, d_part)
         if need_d_xs:
-            d_x = _times(cell.input_grads(params, d_pre), x_scale)  # xs · x_scale
-            d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_x, s, axis=0)
+            d_x = _times(cell.input_grads(params, d_pre), x_scale, ax)  # xs · x_scale
+            d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_x, s, axis=ax)
         return d_carry, d_params, d_xs
 
     d_xs = jnp.zeros_like(xs) if need_d_xs else None
@@ -646,28 +769,25 @@ def backward(
 # The custom rule behind backward="bptt"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8))
-def _scan_bptt(cell, params, xs, carry, lengths, dropout, reverse, unroll, remat):
-    carry_T, ys, _ = forward(
-        cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep="none", dropout=dropout
-    )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8, 9))
+def _scan_bptt(cell, params, xs, carry, lengths, dropout, reverse, unroll, remat, time_axis):
+    carry_T, ys, _ = forward(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep="none",
+                             dropout=dropout, time_axis=time_axis)  # fmt: skip
     return carry_T, ys
 
 
-def _scan_bptt_fwd(cell, params, xs, carry, lengths, dropout, reverse, unroll, remat):
+def _scan_bptt_fwd(cell, params, xs, carry, lengths, dropout, reverse, unroll, remat, time_axis):
     keep = "carries" if remat else "reserve"
-    carry_T, ys, kept = forward(
-        cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep=keep, dropout=dropout
-    )
+    carry_T, ys, kept = forward(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, keep=keep,
+                                dropout=dropout, time_axis=time_axis)  # fmt: skip
     return (carry_T, ys), (params, xs, carry, lengths, dropout, kept)
 
 
-def _scan_bptt_bwd(cell, reverse, unroll, remat, residuals, cotangents):
+def _scan_bptt_bwd(cell, reverse, unroll, remat, time_axis, residuals, cotangents):
     params, xs, carry, lengths, dropout, kept = residuals
     d_carry_T, d_ys = cotangents
-    d_params, d_xs, d_carry0 = backward(
-        cell, params, xs, carry, lengths, kept, d_ys, d_carry_T, reverse=reverse, unroll=unroll, dropout=dropout
-    )
+    d_params, d_xs, d_carry0 = backward(cell, params, xs, carry, lengths, kept, d_ys, d_carry_T, reverse=reverse,
+                                        unroll=unroll, dropout=dropout, time_axis=time_axis)  # fmt: skip
     # lengths are integers, and the dropout masks are constants: no cotangent
     d_dropout = None if dropout is None else tree_zeros_like(dropout)
     return cast_like(d_params, params), d_xs.astype(xs.dtype), cast_like(d_carry0, carry), None, d_dropout
@@ -677,14 +797,15 @@ _scan_bptt.defvjp(_scan_bptt_fwd, _scan_bptt_bwd)
 
 
 def scan_bptt(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False,
-              dropout: LayerDropout | None = None):  # fmt: skip
+              dropout: LayerDropout | None = None, time_axis: int = 0):  # fmt: skip
     """One layer differentiated by the hand-written fast backward: ``(carry_T, ys (T, B, H))``,
     the same values as ``scan_autodiff``.
 
     Between the forward and the backward it keeps the residuals and the per-step carries; with
     ``remat=True`` only the carries, and the backward recomputes the residuals chunk by chunk.
     ``unroll`` is ``lax.scan``'s, in both loops. ``dropout`` (``LayerDropout``) is applied by the
-    hand-written forward and backward both.
+    hand-written forward and backward both. ``time_axis=1``: ``xs`` and ``ys`` are batch-major
+    ``(B, T, ·)`` (``forward``).
     """
     dtype = compute_dtype(xs, params)
     if any(a.dtype != dtype for a in jax.tree_util.tree_leaves(params)):
@@ -692,16 +813,27 @@ def scan_bptt(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rema
     xs = xs.astype(dtype)
     if dropout is not None:
         dropout = LayerDropout(*(None if a is None else a.astype(dtype) for a in dropout))
-    return _scan_bptt(cell, params, xs, carry, lengths, dropout, bool(reverse), int(unroll), bool(remat))
+    return _scan_bptt(cell, params, xs, carry, lengths, dropout, bool(reverse), int(unroll), bool(remat),
+                      int(time_axis))
 
 
 SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt, **KERNELS}
 """``backward -> scan``: how ``scan_layer`` runs and differentiates one layer."""
 
 
+def runs_batch_major(backward: str, method: str) -> bool:
+    """Whether ``scan_layer`` runs batch-major sequences ``(B, T, ·)`` as they are (``time_axis=1``):
+    the hand-written backward's loops read and write strided rows, so a batch-major network
+    needs no transpose of its inputs, outputs or their cotangents (``benchmarks/NOTES.md``,
+    section 14). The other scans run time-major."""
+    return backward == "bptt" and method == "sequential"
+
+
 def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False, backward="autodiff",
-               method="sequential", dropout: LayerDropout | None = None):  # fmt: skip
-    """One layer with the chosen backward (time-major, validated inputs): ``(carry_T, ys)``.
+               method="sequential", dropout: LayerDropout | None = None, time_axis: int = 0):  # fmt: skip
+    """One layer with the chosen backward (validated inputs, time-major ``(T, B, ·)`` or, with
+    ``time_axis=1``, batch-major ``(B, T, ·)``): ``(carry_T, ys)`` with ``ys`` laid out like ``xs``.
+    Batch-major inputs are transposed for the scans that run time-major (``runs_batch_major``).
 
     ``method="sequential"`` runs the scans above; ``"newton"``, ``"quasi_newton"`` and ``"elk"``
     solve the trajectory in parallel over time (``jrnn.parallel.solve_layer``, default options),
@@ -709,6 +841,10 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     not apply). ``dropout`` (``LayerDropout``) scales the inputs and the recurrent ``h``; the
     parallel methods take input dropout only (``RNN.apply`` refuses recurrent dropout there).
     """
+    if time_axis and not runs_batch_major(backward, method):
+        carry_T, ys = scan_layer(cell, params, jnp.swapaxes(xs, 0, 1), carry, lengths, reverse=reverse, unroll=unroll,
+                                 remat=remat, backward=backward, method=method, dropout=dropout)  # fmt: skip
+        return carry_T, jnp.swapaxes(ys, 0, 1)
     if method != "sequential" and backward in KERNELS:
         fail(f"method with backward={backward!r}", "'sequential' (the fused layer runs the scan itself)", repr(method))
     if method == "sequential" and backward in KERNELS:
@@ -719,9 +855,10 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
         xs = _times(zero_skipped(xs, lengths), x_scale)  # input dropout, before the fused layer
         return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat)
     if method == "sequential":
-        xs = zero_skipped(xs, lengths)  # the parallel solve zeroes its own padding
+        xs = zero_skipped(xs, lengths, time_axis)  # the parallel solve zeroes its own padding
+        options = {"time_axis": time_axis} if time_axis else {}
         return SCANS[backward](cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat,
-                               dropout=dropout)  # fmt: skip
+                               dropout=dropout, **options)  # fmt: skip
     x_scale, h_scale = _scales(dropout)
     assert h_scale is None, "recurrent dropout needs method='sequential'"
     xs = _times(xs, x_scale)  # input dropout, before the solve

@@ -13,6 +13,7 @@ import pathlib
 import re
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -551,6 +552,87 @@ def test_backward_bptt_network_bidirectional(kind):
     assert rel_err(got, want) < 1e-10
     hand = hand_value_and_grad(model, params, xs, targets, seq_lengths=lengths, dropout_key=key)[1]
     assert rel_err(hand, want[0]) < 1e-10
+
+
+BATCH_MAJOR_CELLS = {  # every layout of a step: no residuals, a reserve over the projection or
+    # beside it, a two-leaf carry, a projected h, residuals recomputed under remat
+    "tanh": lambda: jrnn.VanillaCell(3),
+    "lstm": lambda: jrnn.LSTMCell(3),
+    "lstm-proj-peepholes": lambda: jrnn.LSTMCell(4, proj_size=2, peepholes=True),
+    "gru": lambda: jrnn.GRUCell(3),
+    "gru-reset-before": lambda: jrnn.GRUCell(3, reset_after=False),
+    "gru-layer-norm": lambda: jrnn.GRUCell(3, layer_norm=True),
+    "mingru": lambda: jrnn.MinGRUCell(3),
+    "minlstm": lambda: jrnn.MinLSTMCell(3),
+}
+
+
+def _transposes_3d(jaxpr) -> list:
+    """The shapes of every 3-D ``transpose`` in a closed jaxpr, its sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "transpose" and eqn.invars[0].aval.ndim == 3:
+            found.append(eqn.invars[0].aval.shape)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _transposes_3d(sub)
+    return found
+
+
+@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("kind", list(BATCH_MAJOR_CELLS))
+def test_batch_major_network_bptt_equals_autodiff_and_time_major(kind, remat):
+    """``RNN.apply(backward="bptt")`` runs a batch-major ``(B, T, D)`` sequence batch-major through
+    every layer (``jrnn.scan.runs_batch_major``): values and gradients equal autodiff's and those of
+    the time-major path, with a general mask (gaps), dropout of every kind and a readout."""
+    cell = BATCH_MAJOR_CELLS[kind]()
+    recurrent = 0.0 if kind.startswith("min") else 0.2
+    model = jrnn.RNN(cell, num_layers=2, bidirectional=True, output_size=2, dropout=0.25, input_dropout=0.2,
+                     recurrent_dropout=recurrent)  # fmt: skip
+    params = randomize(model.init(jax.random.PRNGKey(0), 2, F64), jax.random.PRNGKey(1))
+    B, T = 3, 7
+    xs = jax.random.normal(jax.random.PRNGKey(2), (B, T, 2), F64)
+    mask = jnp.array([[1, 1, 0, 1, 1, 1, 0], [0, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]], bool)  # gaps, left padding
+    targets = jax.random.normal(jax.random.PRNGKey(3), (B, T, 2), F64)
+    key = jax.random.PRNGKey(4)
+
+    def loss(params, xs, backward, time_major=False):
+        inputs, m = (jnp.swapaxes(xs, 0, 1), mask.T) if time_major else (xs, mask)
+        ys, carries = model.apply(params, inputs, mask=m, dropout_key=key, backward=backward, remat=remat,
+                                  time_major=time_major)  # fmt: skip
+        ys = jnp.swapaxes(ys, 0, 1) if time_major else ys
+        carry_term = sum(jnp.sum(jnp.sin(c)) for c in jax.tree_util.tree_leaves(carries))
+        return jnp.sum((ys - targets) ** 2 * jnp.cos(ys)) + carry_term
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=(2, 3))
+    want_value, want = grad(params, xs, "autodiff")
+    got_value, got = grad(params, xs, "bptt")
+    tm_value, tm = grad(params, xs, "bptt", True)
+    np.testing.assert_allclose(float(got_value), float(want_value), rtol=1e-12)
+    np.testing.assert_allclose(float(tm_value), float(want_value), rtol=1e-12)
+    assert rel_err(got, want) < 1e-10
+    assert rel_err(tm, want) < 1e-10
+    # the batch-major path transposes no sequence; the time-major input is not transposed either
+    jaxpr = jax.make_jaxpr(lambda p, x: grad(p, x, "bptt"))(params, xs).jaxpr
+    assert _transposes_3d(jaxpr) == []
+
+
+def test_batch_major_path_is_taken_only_by_the_sequential_hand_bptt():
+    """Autodiff and a pooled head run time-major: ``xs`` is transposed once, at the network's entry."""
+    model = jrnn.RNN(jrnn.LSTMCell(3), num_layers=2)
+    params = model.init(jax.random.PRNGKey(0), 2, F64)
+    xs = jnp.ones((4, 5, 2), F64)
+
+    def transposes(model, backward):
+        f = lambda p: jnp.sum(model.apply(p, xs, backward=backward)[0])  # noqa: E731
+        return _transposes_3d(jax.make_jaxpr(jax.grad(f))(params).jaxpr)
+
+    assert jrnn.scan.runs_batch_major("bptt", "sequential")
+    assert not jrnn.scan.runs_batch_major("autodiff", "sequential")
+    assert not jrnn.scan.runs_batch_major("bptt", "newton")
+    assert transposes(model, "bptt") == []
+    assert (4, 5, 2) in transposes(model, "autodiff")
+    pooled = jrnn.RNN(jrnn.LSTMCell(3), num_layers=2, pool="mean")
+    assert (4, 5, 2) in transposes(pooled, "bptt")
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
