@@ -196,13 +196,14 @@ def _parts(problem):
 
     model, case = problem.model, problem.case
     cell, params = model.cell, problem.params.layers[0]
-    xs = jnp.swapaxes(jnp.asarray(problem.xs), 0, 1)  # (T, B, D), as the network feeds the layer
+    xs = jnp.asarray(problem.xs)  # (B, T, D): the network runs the layer batch-major (time_axis=1)
     carry = cell.initial_carry((case.B,))
-    d_ys = jnp.asarray(np.random.default_rng(1).standard_normal((case.T, case.B, case.H), dtype=np.float32))
+    d_ys = jnp.asarray(np.random.default_rng(1).standard_normal((case.B, case.T, case.H), dtype=np.float32))
     d_carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
-    fwd = jax.jit(lambda p, xs: scan.forward(cell, p, xs, carry, None, keep="reserve"))
+    fwd = jax.jit(lambda p, xs: scan.forward(cell, p, xs, carry, None, keep="reserve", time_axis=1))
     kept = jax.block_until_ready(fwd(params, xs))[2]
-    bwd = jax.jit(lambda p, xs, kept: scan.backward(cell, p, xs, carry, None, kept, d_ys, d_carry, need_d_xs=False))
+    bwd = jax.jit(lambda p, xs, kept: scan.backward(cell, p, xs, carry, None, kept, d_ys, d_carry, need_d_xs=False,
+                                                    time_axis=1))  # fmt: skip
     fwd_c, bwd_c = fwd.lower(params, xs).compile(), bwd.lower(params, xs, kept).compile()
     return {
         "forward": lambda: jax.block_until_ready(fwd_c(params, xs)),
