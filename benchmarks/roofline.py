@@ -196,14 +196,18 @@ def _parts(problem):
 
     model, case = problem.model, problem.case
     cell, params = model.cell, problem.params.layers[0]
-    xs = jnp.asarray(problem.xs)  # (B, T, D): the network runs the layer batch-major (time_axis=1)
+    # the layout the network runs the layer in: batch-major (time_axis=1) from a size on
+    ax = int(scan.runs_batch_major("bptt", "sequential", case.B * case.T * case.H))
+    xs = jnp.asarray(problem.xs)  # (B, T, D)
+    xs = xs if ax else jnp.swapaxes(xs, 0, 1)
     carry = cell.initial_carry((case.B,))
-    d_ys = jnp.asarray(np.random.default_rng(1).standard_normal((case.B, case.T, case.H), dtype=np.float32))
+    d_ys = np.random.default_rng(1).standard_normal((case.B, case.T, case.H), dtype=np.float32)
+    d_ys = jnp.asarray(d_ys if ax else np.swapaxes(d_ys, 0, 1))
     d_carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
-    fwd = jax.jit(lambda p, xs: scan.forward(cell, p, xs, carry, None, keep="reserve", time_axis=1))
+    fwd = jax.jit(lambda p, xs: scan.forward(cell, p, xs, carry, None, keep="reserve", time_axis=ax))
     kept = jax.block_until_ready(fwd(params, xs))[2]
     bwd = jax.jit(lambda p, xs, kept: scan.backward(cell, p, xs, carry, None, kept, d_ys, d_carry, need_d_xs=False,
-                                                    time_axis=1))  # fmt: skip
+                                                    time_axis=ax))  # fmt: skip
     fwd_c, bwd_c = fwd.lower(params, xs).compile(), bwd.lower(params, xs, kept).compile()
     return {
         "forward": lambda: jax.block_until_ready(fwd_c(params, xs)),

@@ -625,7 +625,9 @@ def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout
     A batch-major sequence stays batch-major through the layers where the scans run it so
     (``runs_batch_major``: no transposes of ``xs``, ``ys`` or their cotangents), unless a pooled
     head needs the time-major top layer."""
-    ax = int(layout.batched and not layout.time_major and model.pool is None and runs_batch_major(backward, method))
+    size = layout.batch_size * layout.num_steps * model.cell.hidden_size
+    ax = int(layout.batched and not layout.time_major and model.pool is None
+             and runs_batch_major(backward, method, size))  # fmt: skip
     xs = xs if ax else layout.to_scan(xs)  # (T, B, D), or (B, T, D) for ax = 1
     T, B = (xs.shape[1], xs.shape[0]) if ax else xs.shape[:2]
     dtype = compute_dtype(xs, model.first_cell_params(params))

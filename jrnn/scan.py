@@ -70,6 +70,14 @@ training gradient 1.2-2.2x faster and its inference 1.8-1.9x faster at (B, T, D,
 (32, 100, 32, 128), (64, 200, 64, 256), (128, 50, 128, 512); at tiny latency-bound steps such
 as (1, 1000, 1, 32), which stay hoisted, the two were equal."""
 
+BATCH_MAJOR_MIN_ELEMENTS = 1 << 20
+"""A batch-major network runs batch-major from this many elements ``B·T·H`` of a layer's output
+(``runs_batch_major``). Measured on a 2-core CPU (``benchmarks/NOTES.md``, section 14): at
+(B, T, D, H) = (64, 200, 64, 256) and (128, 50, 128, 512) (3.3 M elements) the vanilla cell's
+training gradient took 0.84-0.89x its time-major time, the LSTM's and GRU's 0.94-0.99x; at
+(32, 100, 32, 128) (0.4 M) the strided rows made the LSTM's and GRU's loops 2-3 % slower, and the
+transposes they save are small there."""
+
 REMAT_CHUNK_ELEMENTS = 1 << 20
 """Under ``remat`` the backward recomputes the residuals chunk by chunk; a chunk holds at most
 about this many ``(steps, B, G)`` elements (4 MiB in float32), enough for efficient GEMMs, and at
@@ -821,19 +829,29 @@ SCANS = {"autodiff": scan_autodiff, "bptt": scan_bptt, **KERNELS}
 """``backward -> scan``: how ``scan_layer`` runs and differentiates one layer."""
 
 
-def runs_batch_major(backward: str, method: str) -> bool:
-    """Whether ``scan_layer`` runs batch-major sequences ``(B, T, ·)`` as they are (``time_axis=1``):
-    the hand-written backward's loops read and write strided rows, so a batch-major network
-    needs no transpose of its inputs, outputs or their cotangents (``benchmarks/NOTES.md``,
-    section 14). The other scans run time-major."""
+def _scans_batch_major(backward: str, method: str) -> bool:
+    """Whether the scan of ``backward`` and ``method`` can run a batch-major sequence as it is:
+    the hand-written backward, whose loops read and write rows along either axis."""
     return backward == "bptt" and method == "sequential"
+
+
+def runs_batch_major(backward: str, method: str, num_elements: int) -> bool:
+    """Whether ``RNN.apply`` and ``unroll`` run a batch-major sequence ``(B, T, ·)`` batch-major
+    through their layers (``time_axis=1``), given ``num_elements = B·T·H`` of one layer's output.
+
+    Only the hand-written backward can (its loops then read and write strided rows), and it does
+    from ``BATCH_MAJOR_MIN_ELEMENTS`` on: there the inputs, outputs and their cotangents are never
+    transposed, which XLA's CPU fusions around a user's loss make costly (``benchmarks/NOTES.md``,
+    section 14); below, the strided rows cost the loops more than the small transposes save."""
+    return _scans_batch_major(backward, method) and num_elements >= BATCH_MAJOR_MIN_ELEMENTS
 
 
 def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False, backward="autodiff",
                method="sequential", dropout: LayerDropout | None = None, time_axis: int = 0):  # fmt: skip
     """One layer with the chosen backward (validated inputs, time-major ``(T, B, ·)`` or, with
     ``time_axis=1``, batch-major ``(B, T, ·)``): ``(carry_T, ys)`` with ``ys`` laid out like ``xs``.
-    Batch-major inputs are transposed for the scans that run time-major (``runs_batch_major``).
+    Batch-major inputs are transposed for the scans that run time-major (all but the hand-written
+    backward's).
 
     ``method="sequential"`` runs the scans above; ``"newton"``, ``"quasi_newton"`` and ``"elk"``
     solve the trajectory in parallel over time (``jrnn.parallel.solve_layer``, default options),
@@ -841,7 +859,7 @@ def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, rem
     not apply). ``dropout`` (``LayerDropout``) scales the inputs and the recurrent ``h``; the
     parallel methods take input dropout only (``RNN.apply`` refuses recurrent dropout there).
     """
-    if time_axis and not runs_batch_major(backward, method):
+    if time_axis and not _scans_batch_major(backward, method):
         carry_T, ys = scan_layer(cell, params, jnp.swapaxes(xs, 0, 1), carry, lengths, reverse=reverse, unroll=unroll,
                                  remat=remat, backward=backward, method=method, dropout=dropout)  # fmt: skip
         return carry_T, jnp.swapaxes(ys, 0, 1)

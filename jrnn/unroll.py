@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jrnn._checks import Layout, check_choice, check_int, check_mask, check_seq_lengths, check_sequence, run_steps
 from jrnn.cells.base import Cell, check_cell
-from jrnn.scan import BACKWARDS, METHODS, Backward, Method, compute_dtype, scan_layer
+from jrnn.scan import BACKWARDS, METHODS, Backward, Method, compute_dtype, runs_batch_major, scan_layer
 
 Array = jax.Array
 
@@ -104,14 +104,17 @@ def unroll(
 
 @functools.partial(jax.jit, static_argnames=("cell", "layout", "reverse", "unroll", "remat", "backward", "method"))
 def _unroll(cell, params, xs, carry, lengths, *, layout: Layout, reverse, unroll, remat, backward, method):
-    """``unroll`` after validation, compiled once per spec and shape (also when called eagerly)."""
-    xs = layout.to_scan(xs)  # (T, B, D)
+    """``unroll`` after validation, compiled once per spec and shape (also when called eagerly).
+    A batch-major sequence runs batch-major where the scan does so (``runs_batch_major``)."""
+    size = layout.batch_size * layout.num_steps * cell.hidden_size
+    ax = int(layout.batched and not layout.time_major and runs_batch_major(backward, method, size))
+    xs = xs if ax else layout.to_scan(xs)  # (T, B, D), or (B, T, D) for ax = 1
     if carry is None:
-        carry = cell.initial_carry((xs.shape[1],), compute_dtype(xs, params))
+        carry = cell.initial_carry((layout.batch_size,), compute_dtype(xs, params))
     else:
         carry = layout.carry_to_scan(carry)
     carry_T, ys = scan_layer(
         cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll, remat=remat, backward=backward,
-        method=method,
+        method=method, time_axis=ax,
     )
-    return layout.carry_from_scan(carry_T), layout.from_scan(ys)
+    return layout.carry_from_scan(carry_T), ys if ax else layout.from_scan(ys)

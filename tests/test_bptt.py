@@ -578,9 +578,19 @@ def _transposes_3d(jaxpr) -> list:
     return found
 
 
+@pytest.fixture
+def batch_major_always(monkeypatch):
+    """Run batch-major sequences batch-major at any size (``jrnn.scan.BATCH_MAJOR_MIN_ELEMENTS``),
+    with nothing compiled under the default threshold reused."""
+    monkeypatch.setattr(jrnn.scan, "BATCH_MAJOR_MIN_ELEMENTS", 0)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("remat", [False, True])
 @pytest.mark.parametrize("kind", list(BATCH_MAJOR_CELLS))
-def test_batch_major_network_bptt_equals_autodiff_and_time_major(kind, remat):
+def test_batch_major_network_bptt_equals_autodiff_and_time_major(kind, remat, batch_major_always):
     """``RNN.apply(backward="bptt")`` runs a batch-major ``(B, T, D)`` sequence batch-major through
     every layer (``jrnn.scan.runs_batch_major``): values and gradients equal autodiff's and those of
     the time-major path, with a general mask (gaps), dropout of every kind and a readout."""
@@ -611,28 +621,66 @@ def test_batch_major_network_bptt_equals_autodiff_and_time_major(kind, remat):
     np.testing.assert_allclose(float(tm_value), float(want_value), rtol=1e-12)
     assert rel_err(got, want) < 1e-10
     assert rel_err(tm, want) < 1e-10
-    # the batch-major path transposes no sequence; the time-major input is not transposed either
+    # the batch-major path transposes no sequence
     jaxpr = jax.make_jaxpr(lambda p, x: grad(p, x, "bptt"))(params, xs).jaxpr
     assert _transposes_3d(jaxpr) == []
 
 
-def test_batch_major_path_is_taken_only_by_the_sequential_hand_bptt():
-    """Autodiff and a pooled head run time-major: ``xs`` is transposed once, at the network's entry."""
-    model = jrnn.RNN(jrnn.LSTMCell(3), num_layers=2)
-    params = model.init(jax.random.PRNGKey(0), 2, F64)
-    xs = jnp.ones((4, 5, 2), F64)
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_batch_major_unroll_bptt_equals_autodiff(kind, batch_major_always):
+    """``jrnn.unroll(backward="bptt")`` on a batch-major sequence, run batch-major: the gradients of
+    autodiff, with lengths, a gap mask, reverse and remat."""
+    cell = CELLS[kind](3)
+    params = randomize(cell.init(jax.random.PRNGKey(0), 2, F64), jax.random.PRNGKey(1))
+    xs = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 2), F64)
+    mask = jnp.array([[1, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 1], [0, 0, 1, 1, 1, 1]], bool)
+    for reverse in (False, True):
+        for remat in (False, True):
 
-    def transposes(model, backward):
-        f = lambda p: jnp.sum(model.apply(p, xs, backward=backward)[0])  # noqa: E731
+            def loss(p, xs, backward):
+                carry, ys = jrnn.unroll(cell, p, xs, seq_lengths=jnp.array([6, 5, 4]), mask=mask, reverse=reverse,
+                                        remat=remat, backward=backward)  # fmt: skip
+                return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree_util.tree_leaves(carry))
+
+            want = jax.grad(loss, argnums=(0, 1))(params, xs, "autodiff")
+            got = jax.grad(loss, argnums=(0, 1))(params, xs, "bptt")
+            assert rel_err(got, want) < 1e-10
+            jaxpr = jax.make_jaxpr(lambda p, x: jax.grad(loss, argnums=(0, 1))(p, x, "bptt"))(params, xs).jaxpr
+            assert _transposes_3d(jaxpr) == []
+
+
+def test_batch_major_path_is_taken_by_the_sequential_hand_bptt_from_its_threshold():
+    """The hand-written backward runs a batch-major sequence batch-major from
+    ``BATCH_MAJOR_MIN_ELEMENTS`` elements (``B·T·H``) of a layer's output on; below it, and for
+    autodiff, a pooled head or a parallel method, ``xs`` is transposed once at the entry."""
+    H, D = 16, 2
+    T_big = jrnn.scan.BATCH_MAJOR_MIN_ELEMENTS // (4 * H)  # B = 4
+    model = jrnn.RNN(jrnn.LSTMCell(H), num_layers=2)
+    params = model.init(jax.random.PRNGKey(0), D)
+
+    def transposes(model, backward, T, method="sequential"):
+        xs = jnp.ones((4, T, D))
+        f = lambda p: jnp.sum(model.apply(p, xs, backward=backward, method=method)[0])  # noqa: E731
         return _transposes_3d(jax.make_jaxpr(jax.grad(f))(params).jaxpr)
 
-    assert jrnn.scan.runs_batch_major("bptt", "sequential")
-    assert not jrnn.scan.runs_batch_major("autodiff", "sequential")
-    assert not jrnn.scan.runs_batch_major("bptt", "newton")
-    assert transposes(model, "bptt") == []
-    assert (4, 5, 2) in transposes(model, "autodiff")
-    pooled = jrnn.RNN(jrnn.LSTMCell(3), num_layers=2, pool="mean")
-    assert (4, 5, 2) in transposes(pooled, "bptt")
+    def unroll_transposes(T):
+        xs = jnp.ones((4, T, D))
+        f = lambda p: jnp.sum(jrnn.unroll(model.cell, p, xs, backward="bptt")[1])  # noqa: E731
+        return _transposes_3d(jax.make_jaxpr(jax.grad(f))(params.layers[0]).jaxpr)
+
+    size = 4 * T_big * H
+    assert jrnn.scan.runs_batch_major("bptt", "sequential", size)
+    assert not jrnn.scan.runs_batch_major("bptt", "sequential", size - 1)
+    assert not jrnn.scan.runs_batch_major("autodiff", "sequential", size)
+    assert not jrnn.scan.runs_batch_major("bptt", "newton", size)
+    assert transposes(model, "bptt", T_big) == []
+    assert unroll_transposes(T_big) == []
+    assert (4, T_big - 1, D) in transposes(model, "bptt", T_big - 1)
+    assert (4, T_big - 1, D) in unroll_transposes(T_big - 1)
+    assert (4, T_big, D) in transposes(model, "autodiff", T_big)
+    assert (4, T_big, D) in transposes(model, "bptt", T_big, method="quasi_newton")
+    pooled = jrnn.RNN(jrnn.LSTMCell(H), num_layers=2, pool="mean")
+    assert (4, T_big, D) in transposes(pooled, "bptt", T_big)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
