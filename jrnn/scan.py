@@ -1,7 +1,10 @@
 """Every scan of one recurrent layer over a sequence, for any cell (through the ``Cell`` interface).
 
-Everything here is time-major and already validated: ``xs (T, B, D)``, ``lengths (B,) int32`` or
-None, carries ``(B, ·)`` per leaf in the compute dtype. Legend: ``T`` steps, ``B`` batch, ``D``
+Everything here is already validated and time-major: ``xs (T, B, D)``, ``lengths (B,) int32`` or
+None, carries ``(B, ·)`` per leaf in the compute dtype; except that the hand-written backward
+also runs batch-major sequences ``(B, T, ·)`` as they are (``time_axis=1``: every sequence-long
+array batch-major, masks still ``(T, B)``), which ``RNN.apply`` and ``unroll`` use from
+``BATCH_MAJOR_MIN_ELEMENTS`` on (``runs_batch_major``). Legend: ``T`` steps, ``B`` batch, ``D``
 input features, ``H`` hidden units, ``G`` gate width.
 
 - ``scan_autodiff``: the plain scan of ``cell.step``, differentiated by JAX.
@@ -18,11 +21,13 @@ does the recurrent product and the gate arithmetic, and writes each step's resid
 activations: LSTM ``[i f g o]``, GRU ``[r z n]`` and ``hp_n``) back over that step's row of the
 projection, in place (the projection of step t is dead once step t has run), so they cost no
 memory beyond it (the *reserve*, as cuDNN calls it). It also emits the carry after each step
-(zero at padded steps). The vanilla cell has no residuals: its slope comes from its output.
+(zero at padded steps). The vanilla cell has no residuals: its slope comes from its output, and
+its carries are written over the spent rows of the projection instead.
 
 The fast backward is a reverse loop whose state is ``d_carry``; per step it calls the cell's step
 backward (elementwise gate derivatives and one ``(B, G) @ (G, H)`` product into the previous
-carry) and writes the step's pre-activation gradients over the step's row of the reserve. After
+carry) and writes the step's pre-activation gradients over the step's row of the reserve (the
+vanilla cell: over the step's spent row of ``d_ys``). After
 the loop the weight gradients ``Σ_t x_tᵀ d_a_t``, ``Σ_t h_{t-1}ᵀ d_a_t`` and the input gradient
 are single GEMMs over ``T·B`` rows. With ``remat`` only the carries are kept, and the backward
 recomputes the residuals chunk by chunk (two GEMMs per chunk) just before its loop reaches them.
@@ -83,7 +88,6 @@ REMAT_CHUNK_ELEMENTS = 1 << 20
 about this many ``(steps, B, G)`` elements (4 MiB in float32), enough for efficient GEMMs, and at
 most an eighth of the sequence, so that a few chunks' temporaries stay well below the reserve
 they replace."""
-
 
 
 def _row(a: Array, t, ax: int = 0) -> Array:
@@ -238,9 +242,9 @@ def entering(states: Array, first: Array, valid: Array | None, reverse: bool, ax
     T = states.shape[ax]
     first = jnp.expand_dims(first, ax)
     if reverse:
-        shifted = jnp.concatenate([_steps(states, 1, T - 1, ax), first], axis=ax)
+        shifted = jnp.concatenate([jax.lax.slice_in_dim(states, 1, T, axis=ax), first], axis=ax)
     else:
-        shifted = jnp.concatenate([first, _steps(states, 0, T - 1, ax)], axis=ax)
+        shifted = jnp.concatenate([first, jax.lax.slice_in_dim(states, 0, T - 1, axis=ax)], axis=ax)
     if valid is None:
         return shifted
     return jnp.where(_in_layout(_valid_before(valid, reverse), ax)[..., None], shifted, first)
@@ -634,11 +638,7 @@ def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unro
         return d_carry0, d_pre
 
     # d_pre into buffers of its own, laid out like the segment
-    carry = _one_step(seg.states, ax)
-    shapes = jax.eval_shape(
-        lambda p, r, c: cell.backward_step(p, r, c, c, c)[0], params, _one_step(reserve, ax), carry
-    )  # fmt: skip
-    leaves, pre_def = jax.tree_util.tree_flatten(shapes)
+    leaves, pre_def = _pre_shapes(cell, params, seg, reserve, ax)
     pre = tuple(jnp.zeros(_with_steps(a.shape, n, ax), a.dtype) for a in leaves)
 
     def step(state, inputs):
@@ -657,13 +657,20 @@ def _one_step(tree, ax):
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(_drop_axis(a.shape, ax), a.dtype), tree)
 
 
+def _pre_shapes(cell, params, seg, reserve, ax=0):
+    """``(leaves, treedef)`` of one step's ``d_pre``, as shapes."""
+    shapes = jax.eval_shape(
+        lambda p, r, c: cell.backward_step(p, r, c, c, c)[0], params, _one_step(reserve, ax), _one_step(seg.states, ax)
+    )  # fmt: skip
+    return jax.tree_util.tree_flatten(shapes)
+
+
 def _pre_fits(cell, params, seg, ax=0) -> bool:
     """Whether a step's ``d_pre`` of a cell without residuals is one array shaped like a row of
     ``d_ys`` (the vanilla cell), so that it can be written over the spent rows of ``d_ys``."""
-    carry = _one_step(seg.states, ax)
-    shape = jax.eval_shape(lambda p, c: cell.backward_step(p, None, c, c, c)[0], params, carry)
+    leaves, _ = _pre_shapes(cell, params, seg, None, ax)
     row = _one_step(seg.d_ys, ax)
-    return isinstance(shape, jax.ShapeDtypeStruct) and shape.shape == row.shape and shape.dtype == row.dtype
+    return len(leaves) == 1 and leaves[0].shape == row.shape and leaves[0].dtype == row.dtype
 
 
 def _in_place_layout(cell, params, seg, reserve, bufs, ax=0):
@@ -671,11 +678,7 @@ def _in_place_layout(cell, params, seg, reserve, bufs, ax=0):
     it), else None."""
     if not bufs:
         return None
-    carry = _one_step(seg.states, ax)
-    shapes = jax.eval_shape(
-        lambda p, r, c: cell.backward_step(p, r, c, c, c)[0], params, _one_step(reserve, ax), carry
-    )
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    leaves, treedef = _pre_shapes(cell, params, seg, reserve, ax)
     same = len(leaves) == len(bufs) and all(p.shape == _drop_axis(b.shape, ax) for p, b in zip(leaves, bufs))
     return treedef if same else None
 
