@@ -45,7 +45,7 @@ from jrnn._checks import (
 from jrnn.cells import Cell, check_cell, glorot_uniform
 from jrnn.cells.base import add_bias
 from jrnn.cells.init import InitPreset, torch_uniform
-from jrnn.scan import Backward, LayerDropout, compute_dtype, runs_batch_major, scan_layer, step_mask
+from jrnn.scan import Backward, LayerDropout, compute_dtype, scan_layer, step_mask, time_axis_for
 from jrnn.unroll import Method
 from jrnn.unroll import check_options, prepare_carry
 
@@ -625,11 +625,9 @@ def _forward(model, params, xs, carries, lengths, dropout_key, *, layout: Layout
     A batch-major sequence stays batch-major through the layers where the scans run it so
     (``runs_batch_major``: no transposes of ``xs``, ``ys`` or their cotangents), unless a pooled
     head needs the time-major top layer."""
-    size = layout.batch_size * layout.num_steps * model.cell.hidden_size
-    ax = int(layout.batched and not layout.time_major and model.pool is None
-             and runs_batch_major(backward, method, size))  # fmt: skip
+    ax = 0 if model.pool is not None else time_axis_for(layout, model.cell.hidden_size, backward, method)
     xs = xs if ax else layout.to_scan(xs)  # (T, B, D), or (B, T, D) for ax = 1
-    T, B = (xs.shape[1], xs.shape[0]) if ax else xs.shape[:2]
+    T, B = layout.num_steps, layout.batch_size
     dtype = compute_dtype(xs, model.first_cell_params(params))
     if carries is None:
         carries = model.initial_carries((B,), dtype)

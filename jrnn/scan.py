@@ -849,6 +849,14 @@ def runs_batch_major(backward: str, method: str, num_elements: int) -> bool:
     return _scans_batch_major(backward, method) and num_elements >= BATCH_MAJOR_MIN_ELEMENTS
 
 
+def time_axis_for(layout, hidden_size: int, backward: str, method: str) -> int:
+    """The time axis the layers run a validated sequence of ``layout`` (``jrnn._checks.Layout``)
+    in: 1 for a batch-major one as it is (``runs_batch_major``), else 0 (time-major, after
+    ``layout.to_scan``)."""
+    size = layout.batch_size * layout.num_steps * hidden_size
+    return int(layout.batched and not layout.time_major and runs_batch_major(backward, method, size))
+
+
 def scan_layer(cell, params, xs, carry, lengths, *, reverse=False, unroll=1, remat=False, backward="autodiff",
                method="sequential", dropout: LayerDropout | None = None, time_axis: int = 0):  # fmt: skip
     """One layer with the chosen backward (validated inputs, time-major ``(T, B, ·)`` or, with

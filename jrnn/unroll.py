@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jrnn._checks import Layout, check_choice, check_int, check_mask, check_seq_lengths, check_sequence, run_steps
 from jrnn.cells.base import Cell, check_cell
-from jrnn.scan import BACKWARDS, METHODS, Backward, Method, compute_dtype, runs_batch_major, scan_layer
+from jrnn.scan import BACKWARDS, METHODS, Backward, Method, compute_dtype, scan_layer, time_axis_for
 
 Array = jax.Array
 
@@ -106,8 +106,7 @@ def unroll(
 def _unroll(cell, params, xs, carry, lengths, *, layout: Layout, reverse, unroll, remat, backward, method):
     """``unroll`` after validation, compiled once per spec and shape (also when called eagerly).
     A batch-major sequence runs batch-major where the scan does so (``runs_batch_major``)."""
-    size = layout.batch_size * layout.num_steps * cell.hidden_size
-    ax = int(layout.batched and not layout.time_major and runs_batch_major(backward, method, size))
+    ax = time_axis_for(layout, cell.hidden_size, backward, method)
     xs = xs if ax else layout.to_scan(xs)  # (T, B, D), or (B, T, D) for ax = 1
     if carry is None:
         carry = cell.initial_carry((layout.batch_size,), compute_dtype(xs, params))
