@@ -56,7 +56,7 @@ import numpy as np
 from jrnn import parallel
 from jrnn._checks import fail
 from jrnn.cells.base import Cell, add_bias
-from jrnn.kernels import KERNELS
+from jrnn.kernels import KERNELS, native
 from jrnn.parallel import METHODS, Method
 
 Array = jax.Array
@@ -409,8 +409,23 @@ def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None, ax=
     """The forward loop over ``xs (n, B, D)`` (``(B, n, D)`` for ``ax = 1``; already scaled by input
     dropout); ``(carry_T, states, reserve)``, ``reserve`` None for a cell without residuals. The
     stored carries and the reserve are laid out like ``xs``."""
-    n = xs.shape[ax]
     xw = xs @ params.w_x  # (n, B, G): one GEMM for all steps; the bias joins in the loop
+    loops = lambda xw: _loop_forward(cell, params, xw, carry0, m, reverse, unroll, h_scale, ax)  # noqa: E731
+    if m is None and h_scale is None and native.applies(cell, xw.dtype, cell.hidden_size):
+        return native.run_on_cpu(lambda xw: _native_forward(params, xw, carry0, reverse, ax), loops, xw)
+    return loops(xw)
+
+
+def _native_forward(params, xw, carry0, reverse, ax):
+    """``_loop_forward`` of a plain LSTM by the native loop (``jrnn.kernels.native``)."""
+    h0, c0 = (a.astype(xw.dtype) for a in carry0)
+    gates, hs, cs, h_T, c_T = native.lstm_forward(xw, params.b, params.w_h, h0, c0, reverse=reverse, time_axis=ax)
+    return type(carry0)(h_T, c_T), type(carry0)(hs, cs), gates
+
+
+def _loop_forward(cell, params, xw, carry0, m, reverse, unroll, h_scale=None, ax=0):
+    """The forward loop of ``_run_forward`` over the input projection ``xw (n, B, G)``."""
+    n = xw.shape[ax]
     bias = cell.input_bias(params)
     treedef, widths, overlay = _reserve_layout(cell, params, carry0, xw, ax)
     carry_leaves, carry_def = jax.tree_util.tree_flatten(carry0)
@@ -581,6 +596,26 @@ def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unro
     none); returns ``(d_carry0, d_pre)``, ``d_pre`` written over the reserve when it fits (over
     the spent rows of ``d_ys`` for a cell without residuals whose ``d_pre`` has their shape). Every
     array of the segment has its time axis at ``ax``."""
+    loops = lambda: _scan_reverse(cell, params, seg, reserve, d_carry_T, reverse, unroll, h_scale, ax)  # noqa: E731
+    if seg.valid is None and seg.cuts is None and h_scale is None and reserve is not None \
+            and native.applies(cell, seg.d_ys.dtype, cell.hidden_size):  # fmt: skip
+        return native.run_on_cpu(lambda: _native_reverse(params, seg, reserve, d_carry_T, reverse, ax), loops)
+    return loops()
+
+
+def _native_reverse(params, seg: _Segment, gates, d_carry_T, reverse, ax):
+    """``_scan_reverse`` of a plain LSTM by the native loop (``jrnn.kernels.native``)."""
+    n = gates.shape[ax]
+    c_prev = seg.prev[1]  # the cell states entering each step, when the segment has them
+    c_first = seg.first.c if c_prev is None else _row(c_prev, n - 1 if reverse else 0, ax)
+    d_h_T, d_c_T, c_first = (a.astype(gates.dtype) for a in (*d_carry_T, c_first))
+    d_a, d_h0, d_c0 = native.lstm_backward(gates, seg.states.c, c_first, seg.d_ys, d_h_T, d_c_T, params.w_h,
+                                           reverse=reverse, time_axis=ax)  # fmt: skip
+    return type(d_carry_T)(d_h0, d_c0), d_a
+
+
+def _scan_reverse(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unroll, h_scale=None, ax=0):
+    """``_reverse_loop`` as ``lax.scan`` loops over the cell's ``backward_step``."""
     st_leaves, carry_def = jax.tree_util.tree_flatten(seg.states)
     first_leaves = jax.tree_util.tree_leaves(seg.first)
     res_leaves, res_def = jax.tree_util.tree_flatten(reserve)

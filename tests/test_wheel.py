@@ -98,8 +98,18 @@ def test_wheel_and_sdist_hold_the_package_at_the_one_version(dists):
     assert not stray, f"the wheel holds files that are not the library: {stray[:5]}"
     with tarfile.open(sdist) as t:
         members = {m.name.split("/", 1)[1] for m in t.getmembers() if "/" in m.name}
-    for needed in ("pyproject.toml", "README.md", "jrnn/__init__.py", "jrnn/py.typed"):
+    for needed in ("pyproject.toml", "setup.py", "README.md", "jrnn/__init__.py", "jrnn/py.typed",
+                   "jrnn/kernels/native/lstm.cc"):
         assert needed in members, f"{needed} is missing from the sdist"
+    if _builds_native():  # the native LSTM loops, compiled from the sdist
+        assert any(re.fullmatch(r"jrnn/kernels/native/_lstm_cpu\..*\.so", n) for n in names), \
+            "the wheel has no native LSTM library"  # fmt: skip
+
+
+def _builds_native() -> bool:
+    from tests.test_native import _builds_here
+
+    return _builds_here()
 
 
 def _site_packages() -> list[str]:
@@ -140,7 +150,8 @@ def test_import_jrnn_from_the_installed_wheel(venv, tmp_path):
         "print(json.dumps({'file': jrnn.__file__, 'version': jrnn.__version__,\n"
         "                  'metadata': importlib.metadata.version('jrnn'),\n"
         "                  'typed': (pathlib.Path(jrnn.__file__).parent / 'py.typed').is_file(),\n"
-        "                  'submodules': [m for m in ('bptt', 'train', 'interop', 'nnx') if getattr(jrnn, m)]}))\n"
+        "                  'submodules': [m for m in ('bptt', 'train', 'interop', 'nnx') if getattr(jrnn, m)],\n"
+        "                  'native': __import__('jrnn.kernels.native').kernels.native.available()}))\n"
     )
     result = _run(venv, "python", "-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -151,6 +162,7 @@ def test_import_jrnn_from_the_installed_wheel(venv, tmp_path):
     assert got["version"] == got["metadata"] == _version()
     assert got["typed"], "py.typed is not installed"
     assert got["submodules"] == ["bptt", "train", "interop", "nnx"]
+    assert got["native"] == _builds_native(), "the wheel's native LSTM loops do not load"
 
 
 def test_jrnn_help(venv, tmp_path):

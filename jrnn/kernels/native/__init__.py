@@ -1,0 +1,137 @@
+"""The plain LSTM's recurrent loops of ``backward="bptt"`` run natively on a CPU.
+
+XLA runs a small step's recurrent product on one thread and its gate arithmetic as a row of
+separate fusions (``benchmarks/NOTES.md``, section 13), which no arrangement of the loops within
+XLA overcame for the LSTM at small batch. ``lstm.cc`` (next to this file) writes the two loops of
+``jrnn.scan`` for the plain LSTM as XLA FFI handlers: each step's product split by hidden units
+over the cores, the gates finished on the product's tile. They compute exactly what
+``LSTMCell.forward_step`` / ``backward_step`` inside ``jrnn.scan``'s loops compute, which stay the
+reference (and the path on every other device, cell, option and dtype).
+
+``pip install`` compiles the library for the installing machine (``setup.py``); without a C++
+compiler the install goes on without it and ``available()`` is False. ``jrnn.scan`` uses it, on
+a CPU, for an ``LSTMCell`` without options in float32 or float64 whose hidden size is a multiple
+of 16, with no mask (``lengths``), no truncation and no recurrent dropout (``applies``). The
+environment variable ``JRNN_NATIVE=0``, read when a layer is traced, turns it off;
+``JRNN_NATIVE_THREADS`` sets the threads a call may use (default: one per core).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn.cells.lstm import LSTMCell
+
+_TARGETS = {"jrnn_lstm_forward": "JrnnLstmForward", "jrnn_lstm_backward": "JrnnLstmBackward"}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled library with its handlers registered with XLA for the CPU, or None."""
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_lstm_cpu{suffix}"
+        if path.is_file():
+            break
+    else:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+        for name, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except (OSError, AttributeError):  # built for another machine: the pure-JAX loops
+        return None
+    return lib if _runs(lib) else None
+
+
+def _runs(lib) -> bool:
+    """One small call through XLA, on the CPU: a library built against another jaxlib's FFI than
+    the one running fails here instead of in a user's first gradient."""
+    try:
+        cpu = jax.devices("cpu")[0]
+        with jax.default_device(cpu), jax.ensure_compile_time_eval():
+            z = np.zeros((1, 16), np.float32)
+            out = lstm_forward(np.zeros((1, 1, 64), np.float32), np.zeros(64, np.float32),
+                               np.zeros((16, 64), np.float32), z, z, reverse=False, time_axis=0, checked=False)
+            return bool(np.allclose(np.asarray(out[0])[0, 0, :16], 0.5))  # σ(0): the input gate
+    except Exception:  # noqa: BLE001  (any failure means: not usable here)
+        return False
+
+
+def available() -> bool:
+    """Whether the native loops were built and load (``pip install`` on a machine with a C++17
+    compiler)."""
+    return _library() is not None
+
+
+def enabled() -> bool:
+    """``available()`` and not turned off by ``JRNN_NATIVE=0``."""
+    return os.environ.get("JRNN_NATIVE", "1") != "0" and available()
+
+
+def applies(cell, dtype, hidden_size: int) -> bool:
+    """Whether the native loops run this layer when the scan has no mask, truncation or
+    recurrent dropout: an ``LSTMCell`` without options, float32 (hidden size a multiple of 16) or
+    float64 (of 8), and ``enabled()``. On a device other than the CPU the pure-JAX loops run
+    (``run_on_cpu``)."""
+    dtype = np.dtype(dtype)
+    multiple = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}.get(dtype)
+    return (
+        type(cell) is LSTMCell
+        and cell._plain
+        and multiple is not None
+        and hidden_size % multiple == 0
+        and enabled()
+    )
+
+
+def run_on_cpu(native, reference, *args):
+    """``native(*args)`` when the computation is lowered for the CPU, else ``reference(*args)``."""
+    return jax.lax.platform_dependent(*args, cpu=native, default=reference)
+
+
+def _require(checked: bool) -> None:
+    if checked and _library() is None:
+        raise RuntimeError("jrnn's native LSTM loops are not built (jrnn.kernels.native.available() is False): "
+                           "reinstall jrnn with a C++17 compiler on the PATH")
+
+
+def lstm_forward(xw, b, w_h, h0, c0, *, reverse: bool, time_axis: int, checked: bool = True):
+    """The forward loop: ``(gates, hs, cs, h_T, c_T)`` from the projection ``xw`` (no bias; time
+    axis ``time_axis``), ``b``, ``w_h`` and the carry entering the first step. ``checked=False``
+    skips the check that the library loads (the check's own call)."""
+    _require(checked)
+    seq_h = jax.ShapeDtypeStruct(xw.shape[:-1] + (w_h.shape[0],), xw.dtype)
+    carry = jax.ShapeDtypeStruct(h0.shape, xw.dtype)
+    call = jax.ffi.ffi_call(
+        "jrnn_lstm_forward",
+        (jax.ShapeDtypeStruct(xw.shape, xw.dtype), seq_h, seq_h, carry, carry),
+        vmap_method="sequential",
+    )
+    return call(xw, b, w_h, h0, c0, reverse=bool(reverse), batch_major=bool(time_axis))
+
+
+def lstm_backward(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, *, reverse: bool, time_axis: int):
+    """The reverse loop: ``(d_a, d_h0, d_c0)`` from the forward's ``gates`` and cell states ``cs``,
+    the cell state entering its first step, the outputs' cotangents ``d_ys`` and the last carry's.
+    ``d_a`` is written over ``gates``."""
+    _require(True)
+    carry = jax.ShapeDtypeStruct(d_h_T.shape, gates.dtype)
+    call = jax.ffi.ffi_call(
+        "jrnn_lstm_backward",
+        (jax.ShapeDtypeStruct(gates.shape, gates.dtype), carry, carry),
+        input_output_aliases={0: 0},
+        vmap_method="sequential",
+    )
+    return call(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, reverse=bool(reverse), batch_major=bool(time_axis))
+
+
+__all__ = ["applies", "available", "enabled", "lstm_backward", "lstm_forward", "run_on_cpu"]

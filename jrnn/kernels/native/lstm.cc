@@ -1,0 +1,520 @@
+// The plain LSTM's two recurrent loops of backward="bptt" on a CPU, as XLA FFI handlers.
+//
+// jrnn_lstm_forward runs every step of a layer: a = xw_t + b + h_{t-1} w_h, the gates
+// [i f g o] = [σ σ tanh σ](a), c_t = f c_{t-1} + i g, h_t = o tanh(c_t); it writes the gates (the
+// reserve of jrnn.scan.forward), the carries after each step and the last carry. Each step reads
+// its row of xw before it writes the same row of the gates, so the two may share a buffer.
+// jrnn_lstm_backward runs the reverse loop of jrnn.scan.backward: from the cotangents of the
+// outputs and of the last carry it writes d_a (the gradient of the pre-activations) over the gates
+// and returns the carry's cotangent at the start. The weight gradients and the input gradient stay
+// with XLA (one product each over the whole sequence).
+//
+// Why a native loop: a step's recurrent product is small ((32, 128) @ (128, 512) in the grid) and
+// XLA runs it on one thread, then dispatches the gate arithmetic as ten separate fusions. Here each
+// step's product is split by hidden units over XLA's intra-op threads (every thread computes all
+// four gates of its units), and the gate arithmetic follows on the product's tile while it is in
+// the L1 cache: one barrier per step. The maths is exactly jrnn.cells.lstm.LSTMCell's plain
+// forward_step and backward_step, which remain the reference (tests compare the two); exp is this
+// file's own (a vectorized polynomial), tanh is 2σ(2x) − 1.
+//
+// Layout: sequences are (n, B, W) (time_axis = 0) or (B, n, W) (time_axis = 1); float32 or
+// float64; hidden size a multiple of 2L (L = values per 256-bit vector: 8 floats, 4 doubles).
+// Built with -march=native on x86-64 with AVX2 and FMA (setup.py).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <immintrin.h>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+template <class T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(32)));
+};
+template <class T>
+using Vec = typename VecOf<T>::type;  // one 256-bit register: 8 floats or 4 doubles
+
+template <class T>
+inline Vec<T> Load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, 32);
+  return v;
+}
+
+template <class T>
+inline void Store(T* p, Vec<T> v) {
+  std::memcpy(p, &v, 32);
+}
+
+inline Vec<float> Broadcast(float a) { return _mm256_set1_ps(a); }
+inline Vec<double> Broadcast(double a) { return _mm256_set1_pd(a); }
+
+// exp by range reduction x = n ln2 + r, |r| <= ln2 / 2, a polynomial in r and 2^n from the
+// exponent bits (Cephes' expf coefficients for float; the Taylor series to r^13 for double,
+// whose remainder is below 1e-17 relative).
+inline Vec<float> Exp(Vec<float> x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const Vec<float> n = _mm256_round_ps(x * 1.44269504088896341f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const Vec<float> r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  Vec<float> p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return p * Vec<float>(_mm256_castsi256_ps(e));
+}
+
+inline Vec<double> Exp(Vec<double> x) {
+  x = _mm256_min_pd(_mm256_max_pd(x, _mm256_set1_pd(-708.0)), _mm256_set1_pd(708.0));
+  const Vec<double> n = _mm256_round_pd(x * 1.4426950408889634074, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const Vec<double> r = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6;
+  // Σ r^k / k!, k = 0..13, by Horner
+  Vec<double> p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const __m256i k = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+  const __m256i e = _mm256_slli_epi64(_mm256_add_epi64(k, _mm256_set1_epi64x(1023)), 52);
+  return p * Vec<double>(_mm256_castsi256_pd(e));
+}
+
+template <class T>
+inline Vec<T> Sigmoid(Vec<T> x) {
+  return T(1) / (Exp(-x) + T(1));
+}
+
+template <class T>
+inline Vec<T> Tanh(Vec<T> x) {  // 2σ(2x) − 1: within an ulp of 1 of tanh
+  return T(2) / (Exp(T(-2) * x) + T(1)) - T(1);
+}
+
+// A spin barrier for the threads of one call (sense by generation); yields after a while so that
+// an oversubscribed machine still makes progress.
+class Barrier {
+ public:
+  void Reset(int n) { n_ = n; }
+  void Wait() {
+    if (n_ == 1) return;
+    int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 20000) {
+        __builtin_ia32_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  int n_ = 1;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
+// Runs work(tid, threads) on the caller and on up to n - 1 helpers from XLA's own intra-op thread
+// pool (the threads that would otherwise wait for this call), and waits for them. The work gets
+// the final thread count, and `barrier` is set to it. A helper joins only if it starts within
+// kJoinMicros of the call: a pool whose threads are busy (XLA running two of these calls at once,
+// each waiting for the other's thread) leaves the call to the threads that did join, so no call
+// waits on a thread that cannot come. Threads of our own would compete with XLA's for the cores
+// and, created per call, land on a busy core often enough to cost more than they save.
+constexpr int kJoinMicros = 200;
+
+struct Group {
+  std::atomic<int> joined{0};       // helpers that claimed a thread index
+  std::atomic<int> threads{0};      // the final count, once the caller closed the group (0: open)
+  std::atomic<int> finished{0};     // helpers that are done with the work
+};
+
+template <class F>
+void Parallel(ffi::ThreadPool& pool, int n, Barrier& barrier, F work) {
+  n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(pool.num_threads(), 1)));
+  if (n <= 1) {
+    barrier.Reset(1);
+    work(0, 1);
+    return;
+  }
+  auto group = std::make_shared<Group>();
+  std::function<void(int, int)> run = [&work](int tid, int threads) { work(tid, threads); };
+  for (int i = 1; i < n; ++i) {
+    pool.Schedule([group, &run, &barrier, n] {
+      // claim an index, unless the group already closed without us
+      int tid = group->joined.load(std::memory_order_acquire);
+      do {
+        if (group->threads.load(std::memory_order_acquire) != 0 || tid >= n - 1) return;
+      } while (!group->joined.compare_exchange_weak(tid, tid + 1, std::memory_order_acq_rel));
+      int threads;
+      while ((threads = group->threads.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();
+      if (tid + 1 < threads) run(tid + 1, threads);
+      group->finished.fetch_add(1, std::memory_order_acq_rel);
+    });
+  }
+  // wait for the helpers to join, then close the group with the count that did
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kJoinMicros);
+  int joined = 0;
+  for (int spins = 0;; ++spins) {
+    joined = group->joined.load(std::memory_order_acquire);
+    if (joined == n - 1 || (spins % 64 == 63 && std::chrono::steady_clock::now() > until)) break;
+    __builtin_ia32_pause();
+  }
+  // close the group with the count that joined; a helper claiming after the read below gets an
+  // index that does not fit and only reports
+  const int threads = joined + 1;
+  barrier.Reset(threads);
+  group->threads.store(threads, std::memory_order_release);
+  run(0, threads);
+  // every helper that claimed an index reports, whether it ran or not
+  while (group->finished.load(std::memory_order_acquire) != group->joined.load(std::memory_order_acquire))
+    __builtin_ia32_pause();
+}
+
+// How many threads a loop of `blocks` column blocks with `flops` per step gets: one per core up to
+// the blocks, none below about 2^17 FLOPs per step each (there a barrier costs more than it saves);
+// JRNN_NATIVE_THREADS overrides the core count.
+int NumThreads(ffi::ThreadPool& pool, int64_t blocks, double flops) {
+  int cores = static_cast<int>(pool.num_threads());
+  if (const char* env = std::getenv("JRNN_NATIVE_THREADS")) cores = std::atoi(env);
+  int64_t by_work = static_cast<int64_t>(flops / (1 << 17));
+  int64_t n = std::min<int64_t>({std::max(cores, 1), blocks, std::max<int64_t>(by_work, 1)});
+  return static_cast<int>(std::max<int64_t>(n, 1));
+}
+
+// out (MR rows, stride ldo; 2L columns) = a (MR rows, stride lda) @ p (K rows of 2L values, stride
+// ldp), or += with `accumulate`.
+template <class T, int MR>
+inline void Tile(const T* __restrict a, int64_t lda, const T* __restrict p, int64_t ldp, int64_t K,
+                 T* __restrict out, int64_t ldo, bool accumulate) {
+  typedef Vec<T> V;
+  constexpr int L = 32 / sizeof(T);
+  V acc[MR][2];
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = accumulate ? Load(out + r * ldo) : V{};
+    acc[r][1] = accumulate ? Load(out + r * ldo + L) : V{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V w0 = Load(p + k * ldp), w1 = Load(p + k * ldp + L);
+    asm("" : "+x"(w0), "+x"(w1));  // keep the panel's row in registers across the MR rows
+    for (int r = 0; r < MR; ++r) {
+      const V x = Broadcast(a[r * lda + k]);
+      acc[r][0] += x * w0;
+      acc[r][1] += x * w1;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    Store(out + r * ldo, acc[r][0]);
+    Store(out + r * ldo + L, acc[r][1]);
+  }
+}
+
+// Rows per tile: 12 accumulators, two panel vectors and a broadcast fit AVX2's 16 vector registers
+// (12 rows in AVX-512's 32 registers measured slower: 1.25x at hidden size 2048).
+constexpr int kRows = 6;
+constexpr int64_t kDepth = 256;  // products per pass: a slice of kDepth x 2L of the panel stays in L1
+
+template <class T>
+void TileRows(int rows, const T* a, int64_t lda, const T* p, int64_t ldp, int64_t K, T* out, int64_t ldo,
+              bool acc) {
+  switch (rows) {
+    case 6: return Tile<T, 6>(a, lda, p, ldp, K, out, ldo, acc);
+    case 5: return Tile<T, 5>(a, lda, p, ldp, K, out, ldo, acc);
+    case 4: return Tile<T, 4>(a, lda, p, ldp, K, out, ldo, acc);
+    case 3: return Tile<T, 3>(a, lda, p, ldp, K, out, ldo, acc);
+    case 2: return Tile<T, 2>(a, lda, p, ldp, K, out, ldo, acc);
+    default: return Tile<T, 1>(a, lda, p, ldp, K, out, ldo, acc);
+  }
+}
+
+template <class T>
+void Product(int64_t B, const T* a, int64_t lda, const T* p, int64_t ldp, int64_t K, T* out, int64_t ldo) {
+  const int64_t tiles = (B + kRows - 1) / kRows;  // as few tiles as the registers allow, rows spread evenly
+  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+    const int64_t depth = std::min(kDepth, K - k0);
+    for (int64_t i = 0, r = 0; i < tiles; ++i) {
+      const int64_t rows = (B - r) / (tiles - i);
+      TileRows<T>(static_cast<int>(rows), a + r * lda + k0, lda, p + k0 * ldp, ldp, depth, out + r * ldo, ldo,
+                  k0 > 0);
+      r += rows;
+    }
+  }
+}
+
+// Offsets of row (t, b) of a sequence of width w: time-major (n, B, w) or batch-major (B, n, w).
+struct Layout {
+  int64_t n, B;
+  bool batch_major;
+  int64_t Row(int64_t t, int64_t b, int64_t w) const { return (batch_major ? b * n + t : t * B + b) * w; }
+  int64_t Stride(int64_t w) const { return (batch_major ? n : 1) * w; }  // from row b to row b + 1
+};
+
+// Packs the recurrent weights for the forward's tiles, by blocks of L hidden units:
+// panel[u][k][gate * L + l] = w_h[k, gate * H + u * L + l].
+template <class T>
+std::vector<T> ForwardPanels(const T* w_h, int64_t H) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 4 * H;
+  std::vector<T> panel(H * G);
+  for (int64_t u = 0; u < H / L; ++u)
+    for (int64_t k = 0; k < H; ++k)
+      for (int g = 0; g < 4; ++g)
+        std::memcpy(&panel[(u * H + k) * 4 * L + g * L], w_h + k * G + g * H + u * L, L * sizeof(T));
+  return panel;
+}
+
+// Packs w_h transposed for the backward's tiles, by blocks of 2L hidden units:
+// panel[v][k][l] = w_h[v * 2L + l, k], k over the 4H gate columns.
+template <class T>
+std::vector<T> BackwardPanels(const T* w_h, int64_t H) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 4 * H;
+  std::vector<T> panel(H * G);
+  for (int64_t v = 0; v < H / (2 * L); ++v)
+    for (int64_t k = 0; k < G; ++k)
+      for (int l = 0; l < 2 * L; ++l) panel[(v * G + k) * 2 * L + l] = w_h[(v * 2 * L + l) * G + k];
+  return panel;
+}
+
+template <class T>
+void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, const T* h0, const T* c0, T* gates, T* hs, T* cs,
+             T* h_T, T* c_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 4 * H, blocks = H / L;
+  const Layout lay{n, B, batch_major};
+  const std::vector<T> panel = ForwardPanels(w_h, H);
+  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
+  Barrier barrier;
+  Parallel(pool, threads, barrier, [&](int tid, int threads) {
+    const int64_t u0 = blocks * tid / threads, u1 = blocks * (tid + 1) / threads;
+    std::vector<T> tiles(B * 4 * L);  // the product for one block of units: (B, [i f g o] x L)
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t t = reverse ? n - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+      const T* h_prev = s == 0 ? h0 : hs + lay.Row(tp, 0, H);
+      const T* c_prev = s == 0 ? c0 : cs + lay.Row(tp, 0, H);
+      const int64_t ld_prev = s == 0 ? H : lay.Stride(H);
+      for (int64_t u = u0; u < u1; ++u) {
+        const T* p = panel.data() + u * H * 4 * L;
+        const int64_t j0 = u * L;
+        Product<T>(B, h_prev, ld_prev, p, 4 * L, H, tiles.data(), 4 * L);                  // i, f
+        Product<T>(B, h_prev, ld_prev, p + 2 * L, 4 * L, H, tiles.data() + 2 * L, 4 * L);  // g, o
+        for (int64_t b = 0; b < B; ++b) {
+          const T* x = xw + lay.Row(t, b, G) + j0;
+          const T* bb = bias + j0;
+          const T* cp = c_prev + b * ld_prev + j0;
+          const T* tb = tiles.data() + b * 4 * L;
+          T* gt = gates + lay.Row(t, b, G) + j0;
+          T* c = cs + lay.Row(t, b, H) + j0;
+          T* h = hs + lay.Row(t, b, H) + j0;
+          const Vec<T> i = Sigmoid<T>(Load(tb) + Load(x) + Load(bb));
+          const Vec<T> f = Sigmoid<T>(Load(tb + L) + Load(x + H) + Load(bb + H));
+          const Vec<T> g = Tanh<T>(Load(tb + 2 * L) + Load(x + 2 * H) + Load(bb + 2 * H));
+          const Vec<T> o = Sigmoid<T>(Load(tb + 3 * L) + Load(x + 3 * H) + Load(bb + 3 * H));
+          const Vec<T> c_new = f * Load(cp) + i * g;
+          Store(c, c_new);
+          Store(h, o * Tanh<T>(c_new));
+          Store(gt, i);
+          Store(gt + H, f);
+          Store(gt + 2 * H, g);
+          Store(gt + 3 * H, o);
+        }
+      }
+      barrier.Wait();
+    }
+    const int64_t j0 = u0 * L, width = (u1 - u0) * L;
+    for (int64_t b = 0; b < B; ++b) {
+      const T* h_last = n == 0 ? h0 + b * H : hs + lay.Row(reverse ? 0 : n - 1, b, H);
+      const T* c_last = n == 0 ? c0 + b * H : cs + lay.Row(reverse ? 0 : n - 1, b, H);
+      std::memcpy(h_T + b * H + j0, h_last + j0, width * sizeof(T));
+      std::memcpy(c_T + b * H + j0, c_last + j0, width * sizeof(T));
+    }
+  });
+}
+
+template <class T>
+void Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_first, const T* d_ys, const T* d_h_T, const T* d_c_T,
+              const T* w_h, T* d_a, T* d_h0, T* d_c0, int64_t n, int64_t B, int64_t H, bool reverse,
+              bool batch_major) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 4 * H, blocks = H / (2 * L);
+  const Layout lay{n, B, batch_major};
+  const std::vector<T> panel = BackwardPanels(w_h, H);
+  // the carry's cotangent, (B, H) each; a thread reads and writes the columns of its units only
+  std::vector<T> dh(d_h_T, d_h_T + B * H), dc(d_c_T, d_c_T + B * H);
+  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
+  Barrier barrier;
+  Parallel(pool, threads, barrier, [&](int tid, int threads) {
+    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
+    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
+    for (int64_t s = 0; s < n; ++s) {
+      // against the forward: its last step first
+      const int64_t t = reverse ? s : n - 1 - s, tp = reverse ? t + 1 : t - 1;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* gt = gates + lay.Row(t, b, G) + j0;
+        const T* c = cs + lay.Row(t, b, H) + j0;
+        const T* cp = (s == n - 1 ? c_first + b * H : cs + lay.Row(tp, b, H)) + j0;
+        const T* dy = d_ys + lay.Row(t, b, H) + j0;
+        T* da = d_a + lay.Row(t, b, G) + j0;
+        T* dhb = dh.data() + b * H + j0;
+        T* dcb = dc.data() + b * H + j0;
+        for (int64_t l = 0; l < width; l += L) {
+          const Vec<T> i = Load(gt + l), f = Load(gt + H + l), g = Load(gt + 2 * H + l), o = Load(gt + 3 * H + l);
+          const Vec<T> d_h = Load(dhb + l) + Load(dy + l);  // y_t = h_t: the output's cotangent joins
+          const Vec<T> tanh_c = Tanh<T>(Load(c + l));
+          const Vec<T> d_c = Load(dcb + l) + d_h * o * (T(1) - tanh_c * tanh_c);  // h = o tanh(c)
+          Store(da + l, d_c * g * i * (T(1) - i));                   // c = ... + i g,  i = σ(a_i)
+          Store(da + H + l, d_c * Load(cp + l) * f * (T(1) - f));    // c = f c_prev + ...,  f = σ(a_f)
+          Store(da + 2 * H + l, d_c * i * (T(1) - g * g));           // g = tanh(a_g)
+          Store(da + 3 * H + l, d_h * tanh_c * o * (T(1) - o));      // h = o tanh(c),  o = σ(a_o)
+          Store(dcb + l, d_c * f);                                   // into the previous cell state
+        }
+      }
+      barrier.Wait();  // every column of d_a_t written
+      // d_h_{t-1} = d_a_t w_hᵀ, for this thread's units: a = xp + h_{t-1} w_h
+      const T* da_t = d_a + lay.Row(t, 0, G);
+      const int64_t ld = lay.Stride(G);
+      for (int64_t v = v0; v < v1; ++v)
+        Product<T>(B, da_t, ld, panel.data() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(d_h0 + b * H + j0, dh.data() + b * H + j0, width * sizeof(T));
+      std::memcpy(d_c0 + b * H + j0, dc.data() + b * H + j0, width * sizeof(T));
+    }
+  });
+}
+
+}  // namespace
+
+// -- the FFI handlers ----------------------------------------------------------------------------
+
+static ffi::Error Check(const ffi::AnyBuffer& like, int64_t H) {
+  const auto type = like.element_type();
+  if (type != ffi::DataType::F32 && type != ffi::DataType::F64)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: float32 or float64 only");
+  const int64_t L = type == ffi::DataType::F32 ? 8 : 4;
+  if (H % (2 * L) != 0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: hidden size not a multiple of 2L");
+  return ffi::Error::Success();
+}
+
+static ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer bias, ffi::AnyBuffer w_h, ffi::AnyBuffer h0,
+                                  ffi::AnyBuffer c0, ffi::Result<ffi::AnyBuffer> gates,
+                                  ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> cs,
+                                  ffi::Result<ffi::AnyBuffer> h_T, ffi::Result<ffi::AnyBuffer> c_T, bool reverse,
+                                  bool batch_major) {
+  const auto dims = xw.dimensions();  // (n, B, 4H) or (B, n, 4H)
+  if (dims.size() != 3) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: xw must be 3-D");
+  const int64_t n = batch_major ? dims[1] : dims[0], B = batch_major ? dims[0] : dims[1], H = dims[2] / 4;
+  if (ffi::Error e = Check(xw, H); e.failure()) return e;
+  if (xw.element_type() == ffi::DataType::F32) {
+    using T = float;
+    Forward<T>(pool, static_cast<const T*>(xw.untyped_data()), static_cast<const T*>(bias.untyped_data()),
+               static_cast<const T*>(w_h.untyped_data()), static_cast<const T*>(h0.untyped_data()),
+               static_cast<const T*>(c0.untyped_data()), static_cast<T*>(gates->untyped_data()),
+               static_cast<T*>(hs->untyped_data()), static_cast<T*>(cs->untyped_data()),
+               static_cast<T*>(h_T->untyped_data()), static_cast<T*>(c_T->untyped_data()), n, B, H, reverse,
+               batch_major);
+  } else {
+    using T = double;
+    Forward<T>(pool, static_cast<const T*>(xw.untyped_data()), static_cast<const T*>(bias.untyped_data()),
+               static_cast<const T*>(w_h.untyped_data()), static_cast<const T*>(h0.untyped_data()),
+               static_cast<const T*>(c0.untyped_data()), static_cast<T*>(gates->untyped_data()),
+               static_cast<T*>(hs->untyped_data()), static_cast<T*>(cs->untyped_data()),
+               static_cast<T*>(h_T->untyped_data()), static_cast<T*>(c_T->untyped_data()), n, B, H, reverse,
+               batch_major);
+  }
+  return ffi::Error::Success();
+}
+
+static ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer gates, ffi::AnyBuffer cs, ffi::AnyBuffer c_first,
+                                   ffi::AnyBuffer d_ys, ffi::AnyBuffer d_h_T, ffi::AnyBuffer d_c_T,
+                                   ffi::AnyBuffer w_h, ffi::Result<ffi::AnyBuffer> d_a,
+                                   ffi::Result<ffi::AnyBuffer> d_h0, ffi::Result<ffi::AnyBuffer> d_c0, bool reverse,
+                                   bool batch_major) {
+  const auto dims = gates.dimensions();
+  if (dims.size() != 3) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: gates must be 3-D");
+  const int64_t n = batch_major ? dims[1] : dims[0], B = batch_major ? dims[0] : dims[1], H = dims[2] / 4;
+  if (ffi::Error e = Check(gates, H); e.failure()) return e;
+  if (gates.element_type() == ffi::DataType::F32) {
+    using T = float;
+    Backward<T>(pool, static_cast<const T*>(gates.untyped_data()), static_cast<const T*>(cs.untyped_data()),
+                static_cast<const T*>(c_first.untyped_data()), static_cast<const T*>(d_ys.untyped_data()),
+                static_cast<const T*>(d_h_T.untyped_data()), static_cast<const T*>(d_c_T.untyped_data()),
+                static_cast<const T*>(w_h.untyped_data()), static_cast<T*>(d_a->untyped_data()),
+                static_cast<T*>(d_h0->untyped_data()), static_cast<T*>(d_c0->untyped_data()), n, B, H, reverse,
+                batch_major);
+  } else {
+    using T = double;
+    Backward<T>(pool, static_cast<const T*>(gates.untyped_data()), static_cast<const T*>(cs.untyped_data()),
+                static_cast<const T*>(c_first.untyped_data()), static_cast<const T*>(d_ys.untyped_data()),
+                static_cast<const T*>(d_h_T.untyped_data()), static_cast<const T*>(d_c_T.untyped_data()),
+                static_cast<const T*>(w_h.untyped_data()), static_cast<T*>(d_a->untyped_data()),
+                static_cast<T*>(d_h0->untyped_data()), static_cast<T*>(d_c0->untyped_data()), n, B, H, reverse,
+                batch_major);
+  }
+  return ffi::Error::Success();
+}
+
+extern "C" {
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnLstmForward, LstmForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()  // XLA's intra-op threads
+                                  .Arg<ffi::AnyBuffer>()  // xw: the input projection, no bias
+                                  .Arg<ffi::AnyBuffer>()  // b (4H,)
+                                  .Arg<ffi::AnyBuffer>()  // w_h (H, 4H)
+                                  .Arg<ffi::AnyBuffer>()  // h0 (B, H)
+                                  .Arg<ffi::AnyBuffer>()  // c0 (B, H)
+                                  .Ret<ffi::AnyBuffer>()  // gates, over xw
+                                  .Ret<ffi::AnyBuffer>()  // h after each step
+                                  .Ret<ffi::AnyBuffer>()  // c after each step
+                                  .Ret<ffi::AnyBuffer>()  // h_T
+                                  .Ret<ffi::AnyBuffer>()  // c_T
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnLstmBackward, LstmBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()  // XLA's intra-op threads
+                                  .Arg<ffi::AnyBuffer>()  // gates
+                                  .Arg<ffi::AnyBuffer>()  // c after each step
+                                  .Arg<ffi::AnyBuffer>()  // c entering the first step
+                                  .Arg<ffi::AnyBuffer>()  // d_ys
+                                  .Arg<ffi::AnyBuffer>()  // d_h_T
+                                  .Arg<ffi::AnyBuffer>()  // d_c_T
+                                  .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Ret<ffi::AnyBuffer>()  // d_a, over the gates
+                                  .Ret<ffi::AnyBuffer>()  // d_h0
+                                  .Ret<ffi::AnyBuffer>()  // d_c0
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
+
+}  // extern "C"

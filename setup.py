@@ -1,0 +1,55 @@
+"""The one compiled part of jrnn: the plain LSTM's recurrent loops for a CPU
+(``jrnn/kernels/native/lstm.cc``, an XLA FFI handler loaded by ``jrnn.kernels.native``).
+
+Everything else is declared in ``pyproject.toml``. The library is built for the machine that
+installs it (``-march=native``) against the XLA FFI headers that jaxlib ships. It is optional:
+without a C++17 compiler, or without jaxlib at build time, the install goes on without it and
+``backward="bptt"`` runs its pure-JAX loops (``jrnn.kernels.native.available()`` says which).
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _jaxlib_include() -> str | None:
+    try:
+        import jaxlib
+    except ImportError:
+        return None
+    include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
+    return include if os.path.isfile(os.path.join(include, "xla", "ffi", "api", "ffi.h")) else None
+
+
+class BuildNative(build_ext):
+    """Adds jaxlib's FFI headers; leaves the library out (with a warning) where it cannot build."""
+
+    def build_extensions(self):
+        include = _jaxlib_include()
+        if include is None:
+            print("warning: jrnn's native LSTM loops are not built: jaxlib's XLA FFI headers were not found")
+            self.extensions = []
+            return
+        for ext in self.extensions:
+            ext.include_dirs.append(include)
+        super().build_extensions()
+
+
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-pthread", "-Wno-return-type"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "jrnn.kernels.native._lstm_cpu",
+            sources=["jrnn/kernels/native/lstm.cc"],
+            language="c++",
+            extra_compile_args=FLAGS,
+            extra_link_args=["-pthread"],
+            optional=True,  # a failed compile warns and installs the rest
+        )
+    ],
+    cmdclass={"build_ext": BuildNative},
+)
