@@ -2,7 +2,7 @@
 (``jrnn/kernels/native/lstm.cc``, an XLA FFI handler loaded by ``jrnn.kernels.native``).
 
 Everything else is declared in ``pyproject.toml``. The library is built for the machine that
-installs it (``-march=native``) against the XLA FFI headers that jaxlib ships. It is optional:
+installs it (AVX2 and FMA, tuned for its CPU) against the XLA FFI headers that jaxlib ships. It is optional:
 without a C++17 compiler, or without jaxlib at build time, the install goes on without it and
 ``backward="bptt"`` runs its pure-JAX loops (``jrnn.kernels.native.available()`` says which).
 """
@@ -24,8 +24,16 @@ def _jaxlib_include() -> str | None:
     return include if os.path.isfile(os.path.join(include, "xla", "ffi", "api", "ffi.h")) else None
 
 
+LIBRARY = "liblstm_cpu.so.1"
+"""The built file's name: a shared library that is not a Python module (no ``PyInit``), so it is
+named like one a module finder does not take for an importable module."""
+
+
 class BuildNative(build_ext):
     """Adds jaxlib's FFI headers; leaves the library out (with a warning) where it cannot build."""
+
+    def get_ext_filename(self, fullname):
+        return os.path.join(*fullname.split(".")[:-1], LIBRARY)
 
     def build_extensions(self):
         include = _jaxlib_include()
@@ -38,7 +46,9 @@ class BuildNative(build_ext):
         super().build_extensions()
 
 
-FLAGS = ["-std=c++17", "-O3", "-march=native", "-pthread", "-Wno-return-type"]
+# AVX2 and FMA only (x86-64-v3's vector units), tuned for the building machine: a wheel built here
+# runs on any x86-64 CPU with AVX2 and FMA, which the library checks before its first call.
+FLAGS = ["-std=c++17", "-O3", "-mavx2", "-mfma", "-mtune=native", "-pthread", "-Wno-return-type"]
 
 setup(
     ext_modules=[

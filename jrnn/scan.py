@@ -32,6 +32,11 @@ the loop the weight gradients ``Σ_t x_tᵀ d_a_t``, ``Σ_t h_{t-1}ᵀ d_a_t`` a
 are single GEMMs over ``T·B`` rows. With ``remat`` only the carries are kept, and the backward
 recomputes the residuals chunk by chunk (two GEMMs per chunk) just before its loop reaches them.
 
+On a CPU, both loops of a plain LSTM run natively (``jrnn.kernels.native``: C++ through XLA's FFI,
+the same reserve, carries and ``d_a``), when nothing they lack is asked for: no mask, truncation
+or recurrent dropout, float32 or float64 (``native.applies``). ``_loop_forward`` and
+``_scan_reverse`` are the ``lax.scan`` loops they replace, and the reference they are tested on.
+
 Dropout inside a layer (``RNN(input_dropout=, recurrent_dropout=)``) comes as a ``LayerDropout``
 of two multipliers, the same at every step: ``x (B, D)`` scales the inputs once, before the one
 projection GEMM (exact, since the mask does not change over time), and ``h (B, R)`` is the cell's

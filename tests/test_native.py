@@ -47,7 +47,7 @@ def test_the_native_loops_are_built_where_they_can_be():
     library means the build failed silently (the extension is optional)."""
     if not _builds_here():
         pytest.skip("not a Linux x86-64 machine with AVX2 and a C++ compiler")
-    assert native.available(), "jrnn/kernels/native/_lstm_cpu*.so is missing or does not load: reinstall jrnn"
+    assert native.available(), f"jrnn/kernels/native/{native.LIBRARY} is missing or does not load: reinstall jrnn"
 
 
 def _native_calls(fn, *args) -> int:

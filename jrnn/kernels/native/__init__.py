@@ -4,23 +4,23 @@ XLA runs a small step's recurrent product on one thread and its gate arithmetic 
 separate fusions (``benchmarks/NOTES.md``, section 13), which no arrangement of the loops within
 XLA overcame for the LSTM at small batch. ``lstm.cc`` (next to this file) writes the two loops of
 ``jrnn.scan`` for the plain LSTM as XLA FFI handlers: each step's product split by hidden units
-over the cores, the gates finished on the product's tile. They compute exactly what
-``LSTMCell.forward_step`` / ``backward_step`` inside ``jrnn.scan``'s loops compute, which stay the
-reference (and the path on every other device, cell, option and dtype).
+over XLA's intra-op threads, the gates computed on the product's tile (section 15). They do the
+maths of ``LSTMCell.forward_step`` / ``backward_step`` inside ``jrnn.scan``'s ``lax.scan`` loops
+(with their own vectorized ``exp``; float64 results agree to about 1e-15), which stay the reference
+and the path on every other device, cell, option and dtype.
 
-``pip install`` compiles the library for the installing machine (``setup.py``); without a C++
-compiler the install goes on without it and ``available()`` is False. ``jrnn.scan`` uses it, on
-a CPU, for an ``LSTMCell`` without options in float32 or float64 whose hidden size is a multiple
-of 16, with no mask (``lengths``), no truncation and no recurrent dropout (``applies``). The
-environment variable ``JRNN_NATIVE=0``, read when a layer is traced, turns it off;
-``JRNN_NATIVE_THREADS`` sets the threads a call may use (default: one per core).
+``pip install`` compiles the library (``setup.py``: AVX2 and FMA, checked before use); without a
+C++17 compiler the install goes on without it and ``available()`` is False. ``jrnn.scan`` uses it
+on a CPU for an ``LSTMCell`` without options in float32 (hidden size a multiple of 16) or float64
+(a multiple of 8), with no mask (``lengths``), no truncation and no recurrent dropout
+(``applies``). The environment variable ``JRNN_NATIVE=0``, read when a layer is traced, turns it
+off; ``JRNN_NATIVE_THREADS=N`` caps the threads a call uses (default: XLA's intra-op threads).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.machinery
 import os
 from pathlib import Path
 
@@ -30,21 +30,22 @@ import numpy as np
 
 from jrnn.cells.lstm import LSTMCell
 
+LIBRARY = "liblstm_cpu.so.1"
+"""The compiled library next to this file (``setup.py`` names it: not an importable module)."""
+
 _TARGETS = {"jrnn_lstm_forward": "JrnnLstmForward", "jrnn_lstm_backward": "JrnnLstmBackward"}
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The compiled library with its handlers registered with XLA for the CPU, or None."""
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_lstm_cpu{suffix}"
-        if path.is_file():
-            break
-    else:
+    path = Path(__file__).parent / LIBRARY
+    if not path.is_file():
         return None
     try:
         lib = ctypes.CDLL(str(path))
+        if not lib.JrnnCpuSupported():  # built for AVX2 and FMA, which this CPU lacks
+            return None
         for name, symbol in _TARGETS.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     except (OSError, AttributeError):  # built for another machine: the pure-JAX loops

@@ -19,7 +19,7 @@
 //
 // Layout: sequences are (n, B, W) (time_axis = 0) or (B, n, W) (time_axis = 1); float32 or
 // float64; hidden size a multiple of 2L (L = values per 256-bit vector: 8 floats, 4 doubles).
-// Built with -march=native on x86-64 with AVX2 and FMA (setup.py).
+// Built for x86-64 with AVX2 and FMA (setup.py: -mavx2 -mfma, tuned for the building machine).
 
 #include <algorithm>
 #include <atomic>
@@ -425,65 +425,85 @@ static ffi::Error Check(const ffi::AnyBuffer& like, int64_t H) {
   return ffi::Error::Success();
 }
 
-static ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer bias, ffi::AnyBuffer w_h, ffi::AnyBuffer h0,
-                                  ffi::AnyBuffer c0, ffi::Result<ffi::AnyBuffer> gates,
+template <class T>
+const T* In(const ffi::AnyBuffer& buffer) {
+  return static_cast<const T*>(buffer.untyped_data());
+}
+
+template <class T>
+T* Out(ffi::Result<ffi::AnyBuffer>& result) {
+  return static_cast<T*>(result->untyped_data());
+}
+
+// (n, B, H) of a sequence (n, B, 4H) or (B, n, 4H)
+struct Dims {
+  int64_t n, B, H;
+};
+
+static Dims SequenceDims(const ffi::AnyBuffer& seq, bool batch_major) {
+  const auto dims = seq.dimensions();
+  return {batch_major ? dims[1] : dims[0], batch_major ? dims[0] : dims[1], dims[2] / 4};
+}
+
+template <class T>
+void ForwardAs(ffi::ThreadPool& pool, const ffi::AnyBuffer& xw, const ffi::AnyBuffer& bias, const ffi::AnyBuffer& w_h,
+               const ffi::AnyBuffer& h0, const ffi::AnyBuffer& c0, ffi::Result<ffi::AnyBuffer>& gates,
+               ffi::Result<ffi::AnyBuffer>& hs, ffi::Result<ffi::AnyBuffer>& cs, ffi::Result<ffi::AnyBuffer>& h_T,
+               ffi::Result<ffi::AnyBuffer>& c_T, Dims d, bool reverse, bool batch_major) {
+  Forward<T>(pool, In<T>(xw), In<T>(bias), In<T>(w_h), In<T>(h0), In<T>(c0), Out<T>(gates), Out<T>(hs), Out<T>(cs),
+             Out<T>(h_T), Out<T>(c_T), d.n, d.B, d.H, reverse, batch_major);
+}
+
+template <class T>
+void BackwardAs(ffi::ThreadPool& pool, const ffi::AnyBuffer& gates, const ffi::AnyBuffer& cs,
+                const ffi::AnyBuffer& c_first, const ffi::AnyBuffer& d_ys, const ffi::AnyBuffer& d_h_T,
+                const ffi::AnyBuffer& d_c_T, const ffi::AnyBuffer& w_h, ffi::Result<ffi::AnyBuffer>& d_a,
+                ffi::Result<ffi::AnyBuffer>& d_h0, ffi::Result<ffi::AnyBuffer>& d_c0, Dims d, bool reverse,
+                bool batch_major) {
+  Backward<T>(pool, In<T>(gates), In<T>(cs), In<T>(c_first), In<T>(d_ys), In<T>(d_h_T), In<T>(d_c_T), In<T>(w_h),
+              Out<T>(d_a), Out<T>(d_h0), Out<T>(d_c0), d.n, d.B, d.H, reverse, batch_major);
+}
+
+static ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer bias, ffi::AnyBuffer w_h,
+                                  ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::Result<ffi::AnyBuffer> gates,
                                   ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> cs,
                                   ffi::Result<ffi::AnyBuffer> h_T, ffi::Result<ffi::AnyBuffer> c_T, bool reverse,
                                   bool batch_major) {
-  const auto dims = xw.dimensions();  // (n, B, 4H) or (B, n, 4H)
-  if (dims.size() != 3) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: xw must be 3-D");
-  const int64_t n = batch_major ? dims[1] : dims[0], B = batch_major ? dims[0] : dims[1], H = dims[2] / 4;
-  if (ffi::Error e = Check(xw, H); e.failure()) return e;
-  if (xw.element_type() == ffi::DataType::F32) {
-    using T = float;
-    Forward<T>(pool, static_cast<const T*>(xw.untyped_data()), static_cast<const T*>(bias.untyped_data()),
-               static_cast<const T*>(w_h.untyped_data()), static_cast<const T*>(h0.untyped_data()),
-               static_cast<const T*>(c0.untyped_data()), static_cast<T*>(gates->untyped_data()),
-               static_cast<T*>(hs->untyped_data()), static_cast<T*>(cs->untyped_data()),
-               static_cast<T*>(h_T->untyped_data()), static_cast<T*>(c_T->untyped_data()), n, B, H, reverse,
-               batch_major);
-  } else {
-    using T = double;
-    Forward<T>(pool, static_cast<const T*>(xw.untyped_data()), static_cast<const T*>(bias.untyped_data()),
-               static_cast<const T*>(w_h.untyped_data()), static_cast<const T*>(h0.untyped_data()),
-               static_cast<const T*>(c0.untyped_data()), static_cast<T*>(gates->untyped_data()),
-               static_cast<T*>(hs->untyped_data()), static_cast<T*>(cs->untyped_data()),
-               static_cast<T*>(h_T->untyped_data()), static_cast<T*>(c_T->untyped_data()), n, B, H, reverse,
-               batch_major);
-  }
+  if (xw.dimensions().size() != 3)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: xw must be 3-D");
+  const Dims d = SequenceDims(xw, batch_major);
+  if (ffi::Error e = Check(xw, d.H); e.failure()) return e;
+  if (xw.element_type() == ffi::DataType::F32)
+    ForwardAs<float>(pool, xw, bias, w_h, h0, c0, gates, hs, cs, h_T, c_T, d, reverse, batch_major);
+  else
+    ForwardAs<double>(pool, xw, bias, w_h, h0, c0, gates, hs, cs, h_T, c_T, d, reverse, batch_major);
   return ffi::Error::Success();
 }
 
-static ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer gates, ffi::AnyBuffer cs, ffi::AnyBuffer c_first,
-                                   ffi::AnyBuffer d_ys, ffi::AnyBuffer d_h_T, ffi::AnyBuffer d_c_T,
-                                   ffi::AnyBuffer w_h, ffi::Result<ffi::AnyBuffer> d_a,
+static ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer gates, ffi::AnyBuffer cs,
+                                   ffi::AnyBuffer c_first, ffi::AnyBuffer d_ys, ffi::AnyBuffer d_h_T,
+                                   ffi::AnyBuffer d_c_T, ffi::AnyBuffer w_h, ffi::Result<ffi::AnyBuffer> d_a,
                                    ffi::Result<ffi::AnyBuffer> d_h0, ffi::Result<ffi::AnyBuffer> d_c0, bool reverse,
                                    bool batch_major) {
-  const auto dims = gates.dimensions();
-  if (dims.size() != 3) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: gates must be 3-D");
-  const int64_t n = batch_major ? dims[1] : dims[0], B = batch_major ? dims[0] : dims[1], H = dims[2] / 4;
-  if (ffi::Error e = Check(gates, H); e.failure()) return e;
-  if (gates.element_type() == ffi::DataType::F32) {
-    using T = float;
-    Backward<T>(pool, static_cast<const T*>(gates.untyped_data()), static_cast<const T*>(cs.untyped_data()),
-                static_cast<const T*>(c_first.untyped_data()), static_cast<const T*>(d_ys.untyped_data()),
-                static_cast<const T*>(d_h_T.untyped_data()), static_cast<const T*>(d_c_T.untyped_data()),
-                static_cast<const T*>(w_h.untyped_data()), static_cast<T*>(d_a->untyped_data()),
-                static_cast<T*>(d_h0->untyped_data()), static_cast<T*>(d_c0->untyped_data()), n, B, H, reverse,
-                batch_major);
-  } else {
-    using T = double;
-    Backward<T>(pool, static_cast<const T*>(gates.untyped_data()), static_cast<const T*>(cs.untyped_data()),
-                static_cast<const T*>(c_first.untyped_data()), static_cast<const T*>(d_ys.untyped_data()),
-                static_cast<const T*>(d_h_T.untyped_data()), static_cast<const T*>(d_c_T.untyped_data()),
-                static_cast<const T*>(w_h.untyped_data()), static_cast<T*>(d_a->untyped_data()),
-                static_cast<T*>(d_h0->untyped_data()), static_cast<T*>(d_c0->untyped_data()), n, B, H, reverse,
-                batch_major);
-  }
+  if (gates.dimensions().size() != 3)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: gates must be 3-D");
+  const Dims d = SequenceDims(gates, batch_major);
+  if (ffi::Error e = Check(gates, d.H); e.failure()) return e;
+  if (gates.element_type() == ffi::DataType::F32)
+    BackwardAs<float>(pool, gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, d_a, d_h0, d_c0, d, reverse, batch_major);
+  else
+    BackwardAs<double>(pool, gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, d_a, d_h0, d_c0, d, reverse, batch_major);
   return ffi::Error::Success();
 }
 
 extern "C" {
+
+// 1 if this CPU runs the instructions the library was built for (AVX2 and FMA), else 0: checked
+// before the first call, so that a library built elsewhere never executes an unknown instruction.
+int JrnnCpuSupported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnLstmForward, LstmForwardImpl,
                               ffi::Ffi::Bind()
