@@ -252,7 +252,30 @@ def test_truncated_bptt_runs_the_pure_reverse_loop(fresh):
     d_ys = _random((8, 3, 16), 2)
 
     def vjp(truncation):
-        return lambda p: jrnn.bptt.unroll_vjp(cell, p, xs, carry, d_ys, carry, truncation=truncation, time_major=True)
+        return lambda p: jrnn.bptt.unroll_vjp(cell, p, xs, carry, d_ys, carry, truncation=truncation,
+                                              time_major=True)  # fmt: skip
 
     assert _native_calls(vjp(None), params) == 2
     assert _native_calls(vjp(3), params) == 1
+
+
+@needs_native
+def test_bad_input_gets_a_clear_error():
+    f32, B, n, H = jnp.float32, 3, 4, 16
+    xw, b, w_h = jnp.zeros((n, B, 4 * H), f32), jnp.zeros(4 * H, f32), jnp.zeros((H, 4 * H), f32)
+    h = jnp.zeros((B, H), f32)
+
+    def forward(xw, h0=h):
+        return native.lstm_forward(xw, b, w_h, h0, h, reverse=False, time_axis=0)
+
+    with pytest.raises(TypeError, match=r"xw\.dtype must be float32 or float64, got float16"):
+        forward(xw.astype(jnp.float16))
+    with pytest.raises(ValueError, match=r"hidden size of xw .* must be a multiple of 16 in float32, got 12"):
+        forward(jnp.zeros((n, B, 48), f32))
+    with pytest.raises(ValueError, match=r"h0\.shape must be \(3, 16\), got \(2, 16\)"):
+        forward(xw, h0=jnp.zeros((2, H), f32))
+    with pytest.raises(ValueError, match=r"time_axis must be 0 or 1, got 2"):
+        native.lstm_forward(xw, b, w_h, h, h, reverse=False, time_axis=2)
+    gates, hs, cs, _, _ = forward(xw)
+    with pytest.raises(TypeError, match=r"d_ys\.dtype must be float32 \(that of gates\), got float64"):
+        native.lstm_backward(gates, cs, h, hs.astype(jnp.float64), h, h, w_h, reverse=False, time_axis=0)

@@ -25,9 +25,9 @@ import os
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jrnn._checks import fail
 from jrnn.cells.lstm import LSTMCell
 
 LIBRARY = "liblstm_cpu.so.1"
@@ -50,10 +50,10 @@ def _library() -> ctypes.CDLL | None:
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     except (OSError, AttributeError):  # built for another machine: the pure-JAX loops
         return None
-    return lib if _runs(lib) else None
+    return lib if _runs() else None
 
 
-def _runs(lib) -> bool:
+def _runs() -> bool:
     """One small call through XLA, on the CPU: a library built against another jaxlib's FFI than
     the one running fails here instead of in a user's first gradient."""
     try:
@@ -105,11 +105,41 @@ def _require(checked: bool) -> None:
                            "reinstall jrnn with a C++17 compiler on the PATH")
 
 
+def _dims(name: str, seq, time_axis: int) -> tuple[int, int, int, np.dtype]:
+    """``(n, B, H, dtype)`` of the sequence ``seq (n, B, 4H)`` (``(B, n, 4H)`` for ``time_axis=1``),
+    after checking that the native loops take it."""
+    if time_axis not in (0, 1):
+        fail("time_axis", "0 or 1", repr(time_axis))
+    dtype = np.dtype(seq.dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        fail(f"{name}.dtype", "float32 or float64", str(dtype), TypeError)
+    shape = tuple(seq.shape)
+    if len(shape) != 3 or shape[2] % 4:
+        fail(f"{name}.shape", "(n, B, 4H) (time_axis=0) or (B, n, 4H) (time_axis=1)", shape)
+    n, B = (shape[0], shape[1]) if time_axis == 0 else (shape[1], shape[0])
+    H, multiple = shape[2] // 4, 16 if dtype == np.float32 else 8
+    if H % multiple:
+        fail(f"the hidden size of {name} (its last axis / 4)", f"a multiple of {multiple} in {dtype}", H)
+    return n, B, H, dtype
+
+
+def _check_like(dtype, seq_name: str, **arrays) -> None:
+    """Each ``name=(array, shape)`` has that shape and the sequence's dtype."""
+    for name, (array, shape) in arrays.items():
+        if tuple(array.shape) != shape:
+            fail(f"{name}.shape", str(shape), tuple(array.shape))
+        if np.dtype(array.dtype) != dtype:
+            fail(f"{name}.dtype", f"{dtype} (that of {seq_name})", str(np.dtype(array.dtype)), TypeError)
+
+
 def lstm_forward(xw, b, w_h, h0, c0, *, reverse: bool, time_axis: int, checked: bool = True):
     """The forward loop: ``(gates, hs, cs, h_T, c_T)`` from the projection ``xw`` (no bias; time
-    axis ``time_axis``), ``b``, ``w_h`` and the carry entering the first step. ``checked=False``
-    skips the check that the library loads (the check's own call)."""
+    axis ``time_axis``), ``b``, ``w_h`` and the carry entering the first step, all of one dtype.
+    ``checked=False`` skips the check that the library loads (that check's own call). A shape or
+    dtype the loops do not take raises a ``ValueError`` or ``TypeError`` naming the argument."""
     _require(checked)
+    n, B, H, dtype = _dims("xw", xw, time_axis)
+    _check_like(dtype, "xw", b=(b, (4 * H,)), w_h=(w_h, (H, 4 * H)), h0=(h0, (B, H)), c0=(c0, (B, H)))
     seq_h = jax.ShapeDtypeStruct(xw.shape[:-1] + (w_h.shape[0],), xw.dtype)
     carry = jax.ShapeDtypeStruct(h0.shape, xw.dtype)
     call = jax.ffi.ffi_call(
@@ -122,9 +152,14 @@ def lstm_forward(xw, b, w_h, h0, c0, *, reverse: bool, time_axis: int, checked: 
 
 def lstm_backward(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, *, reverse: bool, time_axis: int):
     """The reverse loop: ``(d_a, d_h0, d_c0)`` from the forward's ``gates`` and cell states ``cs``,
-    the cell state entering its first step, the outputs' cotangents ``d_ys`` and the last carry's.
-    ``d_a`` is written over ``gates``."""
+    the cell state entering its first step, the outputs' cotangents ``d_ys`` and the last carry's,
+    all of one dtype; ``d_a`` is written over ``gates``. A shape or dtype the loops do not take
+    raises a ``ValueError`` or ``TypeError`` naming the argument."""
     _require(True)
+    n, B, H, dtype = _dims("gates", gates, time_axis)
+    seq = (n, B, H) if time_axis == 0 else (B, n, H)
+    _check_like(dtype, "gates", cs=(cs, seq), c_first=(c_first, (B, H)), d_ys=(d_ys, seq), d_h_T=(d_h_T, (B, H)),
+                d_c_T=(d_c_T, (B, H)), w_h=(w_h, (H, 4 * H)))  # fmt: skip
     carry = jax.ShapeDtypeStruct(d_h_T.shape, gates.dtype)
     call = jax.ffi.ffi_call(
         "jrnn_lstm_backward",

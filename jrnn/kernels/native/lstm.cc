@@ -305,8 +305,8 @@ std::vector<T> BackwardPanels(const T* w_h, int64_t H) {
 }
 
 template <class T>
-void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, const T* h0, const T* c0, T* gates, T* hs, T* cs,
-             T* h_T, T* c_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
+void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, const T* h0, const T* c0, T* gates,
+             T* hs, T* cs, T* h_T, T* c_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
   constexpr int L = 32 / sizeof(T);
   const int64_t G = 4 * H, blocks = H / L;
   const Layout lay{n, B, batch_major};
@@ -360,8 +360,8 @@ void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, co
 }
 
 template <class T>
-void Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_first, const T* d_ys, const T* d_h_T, const T* d_c_T,
-              const T* w_h, T* d_a, T* d_h0, T* d_c0, int64_t n, int64_t B, int64_t H, bool reverse,
+void Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_first, const T* d_ys, const T* d_h_T,
+              const T* d_c_T, const T* w_h, T* d_a, T* d_h0, T* d_c0, int64_t n, int64_t B, int64_t H, bool reverse,
               bool batch_major) {
   constexpr int L = 32 / sizeof(T);
   const int64_t G = 4 * H, blocks = H / (2 * L);
