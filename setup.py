@@ -1,10 +1,11 @@
 """The one compiled part of jrnn: the plain LSTM's recurrent loops for a CPU
 (``jrnn/kernels/native/lstm.cc``, an XLA FFI handler loaded by ``jrnn.kernels.native``).
 
-Everything else is declared in ``pyproject.toml``. The library is built for the machine that
-installs it (AVX2 and FMA, tuned for its CPU) against the XLA FFI headers that jaxlib ships. It is optional:
-without a C++17 compiler, or without jaxlib at build time, the install goes on without it and
-``backward="bptt"`` runs its pure-JAX loops (``jrnn.kernels.native.available()`` says which).
+Everything else is declared in ``pyproject.toml``. The library is built for x86-64 with AVX2 and
+FMA (tuned for the building CPU) against the XLA FFI headers that jaxlib ships. It is optional:
+without a C++17 compiler, on another architecture, or without jaxlib at build time, the install
+goes on without it and ``backward="bptt"`` runs its pure-JAX loops
+(``jrnn.kernels.native.available()`` says which).
 """
 
 from __future__ import annotations
