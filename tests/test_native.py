@@ -279,3 +279,17 @@ def test_bad_input_gets_a_clear_error():
     gates, hs, cs, _, _ = forward(xw)
     with pytest.raises(TypeError, match=r"d_ys\.dtype must be float32 \(that of gates\), got float64"):
         native.lstm_backward(gates, cs, h, hs.astype(jnp.float64), h, h, w_h, reverse=False, time_axis=0)
+
+
+@needs_native
+def test_other_platforms_lower_the_scan_loops(fresh):
+    """Lowered for a GPU (``jax.export``, no GPU needed), the gradient holds no native call: only
+    the CPU lowers ``run_on_cpu``'s native branch."""
+    from jax import export
+
+    model = jrnn.RNN(jrnn.LSTMCell(16))
+    params = model.init(jax.random.PRNGKey(0), 4)
+    xs = jnp.zeros((3, 5, 4))
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, xs, backward="bptt")[0])))
+    assert _native_calls(grad, params) == 2
+    assert "jrnn_lstm" not in export.export(grad, platforms=["cuda"])(params).mlir_module()
