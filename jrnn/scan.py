@@ -416,7 +416,7 @@ def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None, ax=
     stored carries and the reserve are laid out like ``xs``."""
     xw = xs @ params.w_x  # (n, B, G): one GEMM for all steps; the bias joins in the loop
     loops = lambda xw: _loop_forward(cell, params, xw, carry0, m, reverse, unroll, h_scale, ax)  # noqa: E731
-    if m is None and h_scale is None and native.applies(cell, xw.dtype, cell.hidden_size):
+    if m is None and h_scale is None and native.applies(cell, xw.dtype):
         return native.run_on_cpu(lambda xw: _native_forward(params, xw, carry0, reverse, ax), loops, xw)
     return loops(xw)
 
@@ -602,8 +602,7 @@ def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unro
     the spent rows of ``d_ys`` for a cell without residuals whose ``d_pre`` has their shape). Every
     array of the segment has its time axis at ``ax``."""
     loops = lambda: _scan_reverse(cell, params, seg, reserve, d_carry_T, reverse, unroll, h_scale, ax)  # noqa: E731
-    if seg.valid is None and seg.cuts is None and h_scale is None and reserve is not None \
-            and native.applies(cell, seg.d_ys.dtype, cell.hidden_size):  # fmt: skip
+    if seg.valid is None and seg.cuts is None and h_scale is None and native.applies(cell, seg.d_ys.dtype):
         return native.run_on_cpu(lambda: _native_reverse(params, seg, reserve, d_carry_T, reverse, ax), loops)
     return loops()
 

@@ -33,6 +33,9 @@ from jrnn.cells.lstm import LSTMCell
 LIBRARY = "liblstm_cpu.so.1"
 """The compiled library next to this file (``setup.py`` names it: not an importable module)."""
 
+HIDDEN_MULTIPLE = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}
+"""The dtypes the loops take, and the multiple their hidden size must be (two vectors of units)."""
+
 _TARGETS = {"jrnn_lstm_forward": "JrnnLstmForward", "jrnn_lstm_backward": "JrnnLstmBackward"}
 
 
@@ -60,8 +63,8 @@ def _runs() -> bool:
         cpu = jax.devices("cpu")[0]
         with jax.default_device(cpu), jax.ensure_compile_time_eval():
             z = np.zeros((1, 16), np.float32)
-            out = lstm_forward(np.zeros((1, 1, 64), np.float32), np.zeros(64, np.float32),
-                               np.zeros((16, 64), np.float32), z, z, reverse=False, time_axis=0, checked=False)
+            out = _forward_call(np.zeros((1, 1, 64), np.float32), np.zeros(64, np.float32),
+                                np.zeros((16, 64), np.float32), z, z, False, 0)
             return bool(np.allclose(np.asarray(out[0])[0, 0, :16], 0.5))  # σ(0): the input gate
     except Exception:  # noqa: BLE001  (any failure means: not usable here)
         return False
@@ -78,18 +81,17 @@ def enabled() -> bool:
     return os.environ.get("JRNN_NATIVE", "1") != "0" and available()
 
 
-def applies(cell, dtype, hidden_size: int) -> bool:
+def applies(cell, dtype) -> bool:
     """Whether the native loops run this layer when the scan has no mask, truncation or
-    recurrent dropout: an ``LSTMCell`` without options, float32 (hidden size a multiple of 16) or
-    float64 (of 8), and ``enabled()``. On a device other than the CPU the pure-JAX loops run
-    (``run_on_cpu``)."""
-    dtype = np.dtype(dtype)
-    multiple = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}.get(dtype)
+    recurrent dropout: an ``LSTMCell`` without options, a dtype of ``HIDDEN_MULTIPLE`` (float32:
+    hidden size a multiple of 16; float64: of 8), and ``enabled()``. On a device other than the
+    CPU the pure-JAX loops run (``run_on_cpu``)."""
+    multiple = HIDDEN_MULTIPLE.get(np.dtype(dtype))
     return (
         type(cell) is LSTMCell
         and cell._plain
         and multiple is not None
-        and hidden_size % multiple == 0
+        and cell.hidden_size % multiple == 0
         and enabled()
     )
 
@@ -99,8 +101,8 @@ def run_on_cpu(native, reference, *args):
     return jax.lax.platform_dependent(*args, cpu=native, default=reference)
 
 
-def _require(checked: bool) -> None:
-    if checked and _library() is None:
+def _require() -> None:
+    if _library() is None:
         raise RuntimeError("jrnn's native LSTM loops are not built (jrnn.kernels.native.available() is False): "
                            "reinstall jrnn with a C++17 compiler on the PATH")
 
@@ -111,13 +113,13 @@ def _dims(name: str, seq, time_axis: int) -> tuple[int, int, int, np.dtype]:
     if time_axis not in (0, 1):
         fail("time_axis", "0 or 1", repr(time_axis))
     dtype = np.dtype(seq.dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dtype not in HIDDEN_MULTIPLE:
         fail(f"{name}.dtype", "float32 or float64", str(dtype), TypeError)
     shape = tuple(seq.shape)
     if len(shape) != 3 or shape[2] % 4:
         fail(f"{name}.shape", "(n, B, 4H) (time_axis=0) or (B, n, 4H) (time_axis=1)", shape)
     n, B = (shape[0], shape[1]) if time_axis == 0 else (shape[1], shape[0])
-    H, multiple = shape[2] // 4, 16 if dtype == np.float32 else 8
+    H, multiple = shape[2] // 4, HIDDEN_MULTIPLE[dtype]
     if H % multiple:
         fail(f"the hidden size of {name} (its last axis / 4)", f"a multiple of {multiple} in {dtype}", H)
     return n, B, H, dtype
@@ -132,14 +134,19 @@ def _check_like(dtype, seq_name: str, **arrays) -> None:
             fail(f"{name}.dtype", f"{dtype} (that of {seq_name})", str(np.dtype(array.dtype)), TypeError)
 
 
-def lstm_forward(xw, b, w_h, h0, c0, *, reverse: bool, time_axis: int, checked: bool = True):
+def lstm_forward(xw, b, w_h, h0, c0, *, reverse: bool, time_axis: int):
     """The forward loop: ``(gates, hs, cs, h_T, c_T)`` from the projection ``xw`` (no bias; time
     axis ``time_axis``), ``b``, ``w_h`` and the carry entering the first step, all of one dtype.
-    ``checked=False`` skips the check that the library loads (that check's own call). A shape or
-    dtype the loops do not take raises a ``ValueError`` or ``TypeError`` naming the argument."""
-    _require(checked)
+    A shape or dtype the loops do not take raises a ``ValueError`` or ``TypeError`` naming the
+    argument."""
+    _require()
     n, B, H, dtype = _dims("xw", xw, time_axis)
     _check_like(dtype, "xw", b=(b, (4 * H,)), w_h=(w_h, (H, 4 * H)), h0=(h0, (B, H)), c0=(c0, (B, H)))
+    return _forward_call(xw, b, w_h, h0, c0, reverse, time_axis)
+
+
+def _forward_call(xw, b, w_h, h0, c0, reverse, time_axis):
+    """The forward handler's call, unchecked (the load check's own call comes here)."""
     seq_h = jax.ShapeDtypeStruct(xw.shape[:-1] + (w_h.shape[0],), xw.dtype)
     carry = jax.ShapeDtypeStruct(h0.shape, xw.dtype)
     call = jax.ffi.ffi_call(
@@ -155,7 +162,7 @@ def lstm_backward(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, *, reverse: bool,
     the cell state entering its first step, the outputs' cotangents ``d_ys`` and the last carry's,
     all of one dtype; ``d_a`` is written over ``gates``. A shape or dtype the loops do not take
     raises a ``ValueError`` or ``TypeError`` naming the argument."""
-    _require(True)
+    _require()
     n, B, H, dtype = _dims("gates", gates, time_axis)
     seq = (n, B, H) if time_axis == 0 else (B, n, H)
     _check_like(dtype, "gates", cs=(cs, seq), c_first=(c_first, (B, H)), d_ys=(d_ys, seq), d_h_T=(d_h_T, (B, H)),
@@ -170,4 +177,4 @@ def lstm_backward(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, *, reverse: bool,
     return call(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, reverse=bool(reverse), batch_major=bool(time_axis))
 
 
-__all__ = ["applies", "available", "enabled", "lstm_backward", "lstm_forward", "run_on_cpu"]
+__all__ = ["HIDDEN_MULTIPLE", "applies", "available", "enabled", "lstm_backward", "lstm_forward", "run_on_cpu"]
