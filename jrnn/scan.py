@@ -32,9 +32,9 @@ the loop the weight gradients ``Σ_t x_tᵀ d_a_t``, ``Σ_t h_{t-1}ᵀ d_a_t`` a
 are single GEMMs over ``T·B`` rows. With ``remat`` only the carries are kept, and the backward
 recomputes the residuals chunk by chunk (two GEMMs per chunk) just before its loop reaches them.
 
-On a CPU, both loops of a plain LSTM run natively (``jrnn.kernels.native``: C++ through XLA's FFI,
-the same reserve, carries and ``d_a``), when nothing they lack is asked for: no mask, truncation
-or recurrent dropout, float32 or float64 (``native.applies``). ``_loop_forward`` and
+On a CPU, both loops of a plain LSTM or GRU run natively (``jrnn.kernels.native``: C++ through
+XLA's FFI, the same reserve, carries and pre-activation gradients), when nothing they lack is asked
+for: no mask, truncation or recurrent dropout, float32 or float64 (``native.applies``). ``_loop_forward`` and
 ``_scan_reverse`` are the ``lax.scan`` loops they replace, and the reference they are tested on.
 
 Dropout inside a layer (``RNN(input_dropout=, recurrent_dropout=)``) comes as a ``LayerDropout``
@@ -61,6 +61,7 @@ import numpy as np
 from jrnn import parallel
 from jrnn._checks import fail
 from jrnn.cells.base import Cell, add_bias
+from jrnn.cells.gru import GRUCell
 from jrnn.kernels import KERNELS, native
 from jrnn.parallel import METHODS, Method
 
@@ -417,12 +418,17 @@ def _run_forward(cell, params, xs, carry0, m, reverse, unroll, h_scale=None, ax=
     xw = xs @ params.w_x  # (n, B, G): one GEMM for all steps; the bias joins in the loop
     loops = lambda xw: _loop_forward(cell, params, xw, carry0, m, reverse, unroll, h_scale, ax)  # noqa: E731
     if m is None and h_scale is None and native.applies(cell, xw.dtype):
-        return native.run_on_cpu(lambda xw: _native_forward(params, xw, carry0, reverse, ax), loops, xw)
+        return native.run_on_cpu(lambda xw: _native_forward(cell, params, xw, carry0, reverse, ax), loops, xw)
     return loops(xw)
 
 
-def _native_forward(params, xw, carry0, reverse, ax):
-    """``_loop_forward`` of a plain LSTM by the native loop (``jrnn.kernels.native``)."""
+def _native_forward(cell, params, xw, carry0, reverse, ax):
+    """``_loop_forward`` of a plain LSTM or GRU by the native loop (``jrnn.kernels.native``)."""
+    if isinstance(cell, GRUCell):
+        b_h = jnp.zeros_like(params.b_x) if params.b_h is None else params.b_h
+        rzn, hp_n, hs, h_T = native.gru_forward(xw, params.b_x, b_h, params.w_h, carry0.astype(xw.dtype),
+                                                reverse=reverse, time_axis=ax)  # fmt: skip
+        return h_T, hs, (rzn, hp_n)
     h0, c0 = (a.astype(xw.dtype) for a in carry0)
     gates, hs, cs, h_T, c_T = native.lstm_forward(xw, params.b, params.w_h, h0, c0, reverse=reverse, time_axis=ax)
     return type(carry0)(h_T, c_T), type(carry0)(hs, cs), gates
@@ -603,12 +609,22 @@ def _reverse_loop(cell, params, seg: _Segment, reserve, d_carry_T, reverse, unro
     array of the segment has its time axis at ``ax``."""
     loops = lambda: _scan_reverse(cell, params, seg, reserve, d_carry_T, reverse, unroll, h_scale, ax)  # noqa: E731
     if seg.valid is None and seg.cuts is None and h_scale is None and native.applies(cell, seg.d_ys.dtype):
-        return native.run_on_cpu(lambda: _native_reverse(params, seg, reserve, d_carry_T, reverse, ax), loops)
+        return native.run_on_cpu(lambda: _native_reverse(cell, params, seg, reserve, d_carry_T, reverse, ax), loops)
     return loops()
 
 
-def _native_reverse(params, seg: _Segment, gates, d_carry_T, reverse, ax):
-    """``_scan_reverse`` of a plain LSTM by the native loop (``jrnn.kernels.native``)."""
+def _native_reverse(cell, params, seg: _Segment, reserve, d_carry_T, reverse, ax):
+    """``_scan_reverse`` of a plain LSTM or GRU by the native loop (``jrnn.kernels.native``)."""
+    if isinstance(cell, GRUCell):
+        rzn, hp_n = reserve
+        n = rzn.shape[ax]
+        h_prev = seg.prev[0]  # the carries entering each step, when the segment has them
+        h_first = seg.first if h_prev is None else _row(h_prev, n - 1 if reverse else 0, ax)
+        d_h_T, h_first = (a.astype(rzn.dtype) for a in (d_carry_T, h_first))
+        d_hp, d_a_n, d_h0 = native.gru_backward(rzn, hp_n, seg.states, h_first, seg.d_ys, d_h_T, params.w_h,
+                                                reverse=reverse, time_axis=ax)  # fmt: skip
+        return d_h0, (d_hp, d_a_n)
+    gates = reserve
     n = gates.shape[ax]
     c_prev = seg.prev[1]  # the cell states entering each step, when the segment has them
     c_first = seg.first.c if c_prev is None else _row(c_prev, n - 1 if reverse else 0, ax)

@@ -1,13 +1,14 @@
-"""The native LSTM loops (``jrnn.kernels.native``, ``lstm.cc``) against the pure-JAX loops they
-replace on a CPU, and the whole gradient against autodiff.
+"""The native LSTM and GRU loops (``jrnn.kernels.native``, ``lstm.cc``) against the pure-JAX
+loops they replace on a CPU, and the whole gradient against autodiff.
 
-Every comparison is in float64 with random inputs: the forward loop's carries and gates, the
-reverse loop's ``d_a`` and carry cotangent, against ``jrnn.scan``'s ``lax.scan`` loops over the
-cell's ``forward_step`` / ``backward_step`` (the reference); the gradient of ``RNN.apply`` and
-``unroll`` with ``backward="bptt"`` against ``backward="autodiff"``. Shapes are chosen so that the
-batch is not a multiple of the kernel's 6-row tiles and the hidden units split unevenly over two
-threads. The rules for when the native loops run (plain LSTM, CPU, no mask, no truncation, no
-recurrent dropout, float32/float64, hidden size) are checked on the compiled computation.
+Every comparison is in float64 with random inputs, for both cells: the forward loop's carries and
+reserve, the reverse loop's pre-activation gradients and carry cotangent, against ``jrnn.scan``'s
+``lax.scan`` loops over the cell's ``forward_step`` / ``backward_step`` (the reference); the
+gradient of ``RNN.apply`` and ``unroll`` with ``backward="bptt"`` against ``backward="autodiff"``.
+Shapes are chosen so that the batch is not a multiple of the kernel's 6-row tiles and the hidden
+units split unevenly over two threads. The rules for when the native loops run (plain LSTM or GRU,
+CPU, no mask, no truncation, no recurrent dropout, float32/float64, hidden size) are checked on the
+compiled computation.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_the_native_loops_are_built_where_they_can_be():
 
 def _native_calls(fn, *args) -> int:
     """How many native loops the compiled ``fn`` calls."""
-    return jax.jit(fn).lower(*args).compile().as_text().count('custom_call_target="jrnn_lstm_')
+    return jax.jit(fn).lower(*args).compile().as_text().count('custom_call_target="jrnn_')
 
 
 @pytest.fixture
@@ -67,23 +68,32 @@ def _random(shape, key, dtype=F64, scale=1.0):
     return scale * jax.random.normal(jax.random.PRNGKey(key), shape, dtype)
 
 
-def _layer(dtype, n, B, H, ax):
-    """A plain LSTM's params, input projection (time axis ``ax``) and carry, all random."""
-    cell = jrnn.LSTMCell(H)
+CELLS = {"lstm": jrnn.LSTMCell, "gru": jrnn.GRUCell}
+
+
+def _layer(kind, dtype, n, B, H, ax):
+    """A plain LSTM's or GRU's params, input projection (time axis ``ax``) and carry, all random."""
+    cell = CELLS[kind](H)
     params = randomize(cell.init(jax.random.PRNGKey(0), 3, dtype), jax.random.PRNGKey(1), dtype=dtype)
-    shape = (n, B, 4 * H) if ax == 0 else (B, n, 4 * H)
-    carry = jrnn.LSTMCarry(_random((B, H), 3, dtype), _random((B, H), 4, dtype))
-    return cell, params, _random(shape, 2, dtype), carry
+    G = len(cell.gate_names) * H
+    shape = (n, B, G) if ax == 0 else (B, n, G)
+    return cell, params, _random(shape, 2, dtype), _carry(cell, B, 3, dtype)
+
+
+def _carry(cell, B, key, dtype=F64):
+    """A random carry of ``cell`` for a batch of ``B``."""
+    return randomize(cell.initial_carry(B, dtype), jax.random.PRNGKey(key), dtype=dtype)
 
 
 @needs_native
+@pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("ax", [0, 1])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype,H", [(jnp.float64, 24), (jnp.float32, 48)])
-def test_forward_loop_equals_the_scan(dtype, H, reverse, ax):
+def test_forward_loop_equals_the_scan(dtype, H, reverse, ax, kind):
     n, B = 5, 7
-    cell, params, xw, carry = _layer(dtype, n, B, H, ax)
-    got = scan._native_forward(params, xw, carry, reverse, ax)
+    cell, params, xw, carry = _layer(kind, dtype, n, B, H, ax)
+    got = scan._native_forward(cell, params, xw, carry, reverse, ax)
     want = scan._loop_forward(cell, params, xw, carry, None, reverse, 1, None, ax)
     tol = 1e-13 if dtype == jnp.float64 else 2e-6
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
@@ -91,54 +101,65 @@ def test_forward_loop_equals_the_scan(dtype, H, reverse, ax):
 
 
 @needs_native
+@pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("ax", [0, 1])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype,H", [(jnp.float64, 24), (jnp.float32, 48)])
-def test_reverse_loop_equals_the_scan(dtype, H, reverse, ax):
-    """``d_a`` over the whole sequence and the carry's cotangent at its start, for a segment that
-    reads the entering cell state from the stored carries and one that is given it (remat's
-    chunks)."""
+def test_reverse_loop_equals_the_scan(dtype, H, reverse, ax, kind):
+    """The pre-activation gradients over the whole sequence and the carry's cotangent at its start,
+    for a segment that reads the entering carries from the stored ones and one that is given them
+    (remat's chunks)."""
     n, B = 6, 7
-    cell, params, xw, carry0 = _layer(dtype, n, B, H, ax)
-    _, states, gates = scan._loop_forward(cell, params, xw, carry0, None, reverse, 1, None, ax)
-    d_ys = _random(states.h.shape, 5, dtype)
-    d_carry = jrnn.LSTMCarry(_random((B, H), 6, dtype), _random((B, H), 7, dtype))
-    h_prev = scan.entering(states.h, carry0.h, None, reverse, ax)
-    c_prev = scan.entering(states.c, carry0.c, None, reverse, ax)
+    cell, params, xw, carry0 = _layer(kind, dtype, n, B, H, ax)
+    _, states, reserve = scan._loop_forward(cell, params, xw, carry0, None, reverse, 1, None, ax)
+    d_ys = _random(jax.tree_util.tree_leaves(states)[0].shape, 5, dtype)
+    d_carry = _carry(cell, B, 6, dtype)
+    entering = [scan.entering(s, c, None, reverse, ax) for s, c in zip(jax.tree_util.tree_leaves(states),
+                                                                         jax.tree_util.tree_leaves(carry0))]  # fmt: skip
     tol = 1e-12 if dtype == jnp.float64 else 2e-5
-    for prev in ([h_prev, None], [h_prev, c_prev]):
+    for prev in ([entering[0], *[None] * (len(entering) - 1)], [None] * len(entering), entering):
         seg = scan._Segment(None, d_ys, None, None, None, states, prev, carry0)
-        got = scan._native_reverse(params, seg, gates, d_carry, reverse, ax)
-        want = scan._scan_reverse(cell, params, seg, gates, d_carry, reverse, 1, None, ax)
+        got = scan._native_reverse(cell, params, seg, reserve, d_carry, reverse, ax)
+        want = scan._scan_reverse(cell, params, seg, reserve, d_carry, reverse, 1, None, ax)
         for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=tol, atol=tol)
 
 
 @needs_native
-def test_the_thread_count_does_not_change_a_number(monkeypatch):
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_the_thread_count_does_not_change_a_number(kind, monkeypatch):
     """Each thread computes whole hidden units, in the same order whatever the count: one thread
-    and all of them give the same bits."""
+    and all of them give the same bits, forward and reverse."""
     n, B, H = 9, 13, 64
-    cell, params, xw, carry = _layer(jnp.float32, n, B, H, 0)
-    run = jax.jit(lambda xw: native.lstm_forward(xw, params.b, params.w_h, *carry, reverse=False, time_axis=0))
+    cell, params, xw, carry = _layer(kind, jnp.float32, n, B, H, 0)
+    d_ys = _random((n, B, H), 5, jnp.float32)
+
+    def run(xw):
+        carry_T, states, reserve = scan._native_forward(cell, params, xw, carry, False, 0)
+        prev = [None] * len(jax.tree_util.tree_leaves(carry))
+        seg = scan._Segment(None, d_ys, None, None, None, states, prev, carry)
+        return carry_T, states, reserve, scan._native_reverse(cell, params, seg, reserve, carry_T, False, 0)
+
+    run = jax.jit(run)
     monkeypatch.setenv("JRNN_NATIVE_THREADS", "1")
     one = jax.block_until_ready(run(xw))
     monkeypatch.setenv("JRNN_NATIVE_THREADS", "2")
     two = jax.block_until_ready(run(xw))
-    for a, b in zip(one, two):
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(two)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @needs_native
+@pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("remat", [False, True])
 @pytest.mark.parametrize("batch_major", [False, True])
-def test_network_gradient_equals_autodiff(batch_major, remat, fresh, monkeypatch):
+def test_network_gradient_equals_autodiff(batch_major, remat, kind, fresh, monkeypatch):
     """Two bidirectional layers and a readout, carries in the loss: ``backward="bptt"`` runs the
     native loops (all four of each layer's directions) and its gradient is autodiff's."""
     if batch_major:
         monkeypatch.setattr(jrnn.scan, "BATCH_MAJOR_MIN_ELEMENTS", 0)  # batch-major layers at any size
     H, B, T, D = 8, 7, 6, 3
-    model = jrnn.RNN(jrnn.LSTMCell(H), num_layers=2, bidirectional=True, output_size=2)
+    model = jrnn.RNN(CELLS[kind](H), num_layers=2, bidirectional=True, output_size=2)
     params = randomize(model.init(jax.random.PRNGKey(0), D, F64), jax.random.PRNGKey(1))
     xs = _random((B, T, D), 2)
     carry = randomize(model.initial_carries((B,), F64), jax.random.PRNGKey(3))
@@ -159,17 +180,19 @@ def test_network_gradient_equals_autodiff(batch_major, remat, fresh, monkeypatch
 
 
 @needs_native
+@pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
-def test_unroll_gradient_equals_autodiff(reverse, fresh):
-    cell = jrnn.LSTMCell(16)
+def test_unroll_gradient_equals_autodiff(reverse, kind, fresh):
+    cell = CELLS[kind](16)
     params = randomize(cell.init(jax.random.PRNGKey(0), 3, F64), jax.random.PRNGKey(1))
     xs = _random((5, 9, 3), 2)  # (B, T, D)
-    carry = jrnn.LSTMCarry(_random((5, 16), 3), _random((5, 16), 4))
+    carry = _carry(cell, 5, 3)
 
     def loss(backward):
         def f(params, xs, carry):
             carry_T, ys = jrnn.unroll(cell, params, xs, carry, reverse=reverse, backward=backward)
-            return jnp.sum(jnp.tanh(ys) * xs[..., :1]) + jnp.sum(carry_T.c ** 2)
+            last = jax.tree_util.tree_leaves(carry_T)[-1]  # the LSTM's cell state, the GRU's h
+            return jnp.sum(jnp.tanh(ys) * xs[..., :1]) + jnp.sum(last**2)
 
         return jax.grad(f, argnums=(0, 1, 2))
 
@@ -180,10 +203,11 @@ def test_unroll_gradient_equals_autodiff(reverse, fresh):
 
 
 @needs_native
-def test_float32_gradient_close_to_the_pure_loops(fresh, monkeypatch):
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_float32_gradient_close_to_the_pure_loops(kind, fresh, monkeypatch):
     """The training default in float32 (the library's exp and tanh in the kernel): within float32
     rounding of the pure-JAX loops."""
-    model = jrnn.RNN(jrnn.LSTMCell(32), num_layers=2)
+    model = jrnn.RNN(CELLS[kind](32), num_layers=2)
     params = model.init(jax.random.PRNGKey(0), 4)
     xs = _random((6, 20, 4), 2, jnp.float32)
     loss = lambda p: jnp.mean(model.apply(p, xs, backward="bptt")[0] ** 2)  # noqa: E731
@@ -221,13 +245,22 @@ def test_vmap_runs_the_loops_once_per_member(fresh):
         ("recurrent_dropout", 0),
         ("peepholes", 0),  # an option on
         ("hidden_12", 0),  # float64 wants a multiple of 8
-        ("gru", 0),
+        ("gru", 2),
+        ("gru_reset_before", 0),  # the GRU's options: the pure loops
+        ("gru_layer_norm", 0),
+        ("vanilla", 0),
         ("off", 0),  # JRNN_NATIVE=0
     ],
 )
 def test_when_the_native_loops_run(case, native_calls, fresh, monkeypatch):
     H = 12 if case == "hidden_12" else 16
-    cell = {"peepholes": jrnn.LSTMCell(H, peepholes=True), "gru": jrnn.GRUCell(H)}.get(case, jrnn.LSTMCell(H))
+    cell = {
+        "peepholes": jrnn.LSTMCell(H, peepholes=True),
+        "gru": jrnn.GRUCell(H),
+        "gru_reset_before": jrnn.GRUCell(H, reset_after=False),
+        "gru_layer_norm": jrnn.GRUCell(H, layer_norm=True),
+        "vanilla": jrnn.VanillaCell(H),
+    }.get(case, jrnn.LSTMCell(H))
     model = jrnn.RNN(cell, recurrent_dropout=0.3 if case == "recurrent_dropout" else 0.0)
     params = model.init(jax.random.PRNGKey(0), 2, F64)
     xs = _random((3, 5, 2), 1)
@@ -279,6 +312,15 @@ def test_bad_input_gets_a_clear_error():
     gates, hs, cs, _, _ = forward(xw)
     with pytest.raises(TypeError, match=r"d_ys\.dtype must be float32 \(that of gates\), got float64"):
         native.lstm_backward(gates, cs, h, hs.astype(jnp.float64), h, h, w_h, reverse=False, time_axis=0)
+    # the GRU's: three gates
+    xw3, b3, w3 = jnp.zeros((n, B, 3 * H), f32), jnp.zeros(3 * H, f32), jnp.zeros((H, 3 * H), f32)
+    with pytest.raises(ValueError, match=r"xw\.shape must be \(n, B, 3H\) .*, got \(4, 3, 50\)"):
+        native.gru_forward(jnp.zeros((n, B, 50), f32), b3, b3, w3, h, reverse=False, time_axis=0)
+    with pytest.raises(ValueError, match=r"w_h\.shape must be \(16, 48\), got \(16, 64\)"):
+        native.gru_forward(xw3, b3, b3, w_h, h, reverse=False, time_axis=0)
+    rzn, hp_n, hs, _ = native.gru_forward(xw3, b3, b3, w3, h, reverse=False, time_axis=0)
+    with pytest.raises(ValueError, match=r"hp_n\.shape must be \(4, 3, 16\), got \(3, 4, 16\)"):
+        native.gru_backward(rzn, jnp.swapaxes(hp_n, 0, 1), hs, h, hs, h, w3, reverse=False, time_axis=0)
 
 
 @needs_native

@@ -1,18 +1,20 @@
-"""The plain LSTM's recurrent loops of ``backward="bptt"`` run natively on a CPU.
+"""The plain LSTM's and GRU's recurrent loops of ``backward="bptt"`` run natively on a CPU.
 
 XLA runs a small step's recurrent product on one thread and its gate arithmetic as a row of
 separate fusions (``benchmarks/NOTES.md``, section 13), which no arrangement of the loops within
 XLA overcame for the LSTM at small batch. ``lstm.cc`` (next to this file) writes the two loops of
-``jrnn.scan`` for the plain LSTM as XLA FFI handlers: each step's product split by hidden units
-over XLA's intra-op threads, the gates computed on the product's tile (section 15). They do the
-maths of ``LSTMCell.forward_step`` / ``backward_step`` inside ``jrnn.scan``'s ``lax.scan`` loops
-(with their own vectorized ``exp``; float64 results agree to about 1e-15), which stay the reference
-and the path on every other device, cell, option and dtype.
+``jrnn.scan`` for the plain LSTM and the plain GRU as XLA FFI handlers: each step's product split
+by hidden units over XLA's intra-op threads, the gates computed on the product's tile (sections 15
+and 16). They do the maths of ``LSTMCell.forward_step`` / ``backward_step`` (and ``GRUCell``'s)
+inside ``jrnn.scan``'s ``lax.scan`` loops (with their own vectorized ``exp``; float64 results agree
+to about 1e-15), which stay the reference and the path on every other device, cell, option and
+dtype.
 
 ``pip install`` compiles the library (``setup.py``: AVX2 and FMA, checked before use); without a
 C++17 compiler the install goes on without it and ``available()`` is False. ``jrnn.scan`` uses it
-on a CPU for an ``LSTMCell`` without options in float32 (hidden size a multiple of 16) or float64
-(a multiple of 8), with no mask (``lengths``), no truncation and no recurrent dropout
+on a CPU for an ``LSTMCell`` without options or a ``GRUCell`` with its defaults (the reset gate
+after the product, no layer norm) in float32 (hidden size a multiple of 16) or float64 (a multiple
+of 8), with no mask (``lengths``), no truncation and no recurrent dropout
 (``applies``). The environment variable ``JRNN_NATIVE=0``, read when a layer is traced, turns it
 off; ``JRNN_NATIVE_THREADS=N`` caps the threads a call uses (default: XLA's intra-op threads).
 """
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from jrnn._checks import fail
+from jrnn.cells.gru import GRUCell
 from jrnn.cells.lstm import LSTMCell
 
 LIBRARY = "liblstm_cpu.so.1"
@@ -36,7 +39,12 @@ LIBRARY = "liblstm_cpu.so.1"
 HIDDEN_MULTIPLE = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}
 """The dtypes the loops take, and the multiple their hidden size must be (two vectors of units)."""
 
-_TARGETS = {"jrnn_lstm_forward": "JrnnLstmForward", "jrnn_lstm_backward": "JrnnLstmBackward"}
+_TARGETS = {
+    "jrnn_lstm_forward": "JrnnLstmForward",
+    "jrnn_lstm_backward": "JrnnLstmBackward",
+    "jrnn_gru_forward": "JrnnGruForward",
+    "jrnn_gru_backward": "JrnnGruBackward",
+}
 
 
 @functools.cache
@@ -83,13 +91,16 @@ def enabled() -> bool:
 
 def applies(cell, dtype) -> bool:
     """Whether the native loops run this layer when the scan has no mask, truncation or
-    recurrent dropout: an ``LSTMCell`` without options, a dtype of ``HIDDEN_MULTIPLE`` (float32:
+    recurrent dropout: an ``LSTMCell`` without options or a ``GRUCell`` with ``reset_after=True`` and
+    no layer norm, a dtype of ``HIDDEN_MULTIPLE`` (float32:
     hidden size a multiple of 16; float64: of 8), and ``enabled()``. On a device other than the
     CPU the pure-JAX loops run (``run_on_cpu``)."""
     multiple = HIDDEN_MULTIPLE.get(np.dtype(dtype))
+    plain = (type(cell) is LSTMCell and cell._plain) or (
+        type(cell) is GRUCell and cell.reset_after and not cell.layer_norm
+    )
     return (
-        type(cell) is LSTMCell
-        and cell._plain
+        plain
         and multiple is not None
         and cell.hidden_size % multiple == 0
         and enabled()
@@ -107,21 +118,21 @@ def _require() -> None:
                            "reinstall jrnn with a C++17 compiler on the PATH")
 
 
-def _dims(name: str, seq, time_axis: int) -> tuple[int, int, int, np.dtype]:
-    """``(n, B, H, dtype)`` of the sequence ``seq (n, B, 4H)`` (``(B, n, 4H)`` for ``time_axis=1``),
-    after checking that the native loops take it."""
+def _dims(name: str, seq, time_axis: int, gates: int = 4) -> tuple[int, int, int, np.dtype]:
+    """``(n, B, H, dtype)`` of the sequence ``seq (n, B, gates·H)`` (``(B, n, gates·H)`` for
+    ``time_axis=1``), after checking that the native loops take it."""
     if time_axis not in (0, 1):
         fail("time_axis", "0 or 1", repr(time_axis))
     dtype = np.dtype(seq.dtype)
     if dtype not in HIDDEN_MULTIPLE:
         fail(f"{name}.dtype", "float32 or float64", str(dtype), TypeError)
     shape = tuple(seq.shape)
-    if len(shape) != 3 or shape[2] % 4:
-        fail(f"{name}.shape", "(n, B, 4H) (time_axis=0) or (B, n, 4H) (time_axis=1)", shape)
+    if len(shape) != 3 or shape[2] % gates:
+        fail(f"{name}.shape", f"(n, B, {gates}H) (time_axis=0) or (B, n, {gates}H) (time_axis=1)", shape)
     n, B = (shape[0], shape[1]) if time_axis == 0 else (shape[1], shape[0])
-    H, multiple = shape[2] // 4, HIDDEN_MULTIPLE[dtype]
+    H, multiple = shape[2] // gates, HIDDEN_MULTIPLE[dtype]
     if H % multiple:
-        fail(f"the hidden size of {name} (its last axis / 4)", f"a multiple of {multiple} in {dtype}", H)
+        fail(f"the hidden size of {name} (its last axis / {gates})", f"a multiple of {multiple} in {dtype}", H)
     return n, B, H, dtype
 
 
@@ -177,4 +188,46 @@ def lstm_backward(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, *, reverse: bool,
     return call(gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, reverse=bool(reverse), batch_major=bool(time_axis))
 
 
-__all__ = ["HIDDEN_MULTIPLE", "applies", "available", "enabled", "lstm_backward", "lstm_forward", "run_on_cpu"]
+def gru_forward(xw, b_x, b_h, w_h, h0, *, reverse: bool, time_axis: int):
+    """The GRU's forward loop: ``(rzn, hp_n, hs, h_T)`` (the reserve ``[r z n]`` and ``hp_n``, the
+    carries after each step, the last carry) from the projection ``xw`` (no bias; time axis
+    ``time_axis``), the biases ``b_x`` and ``b_h``, ``w_h`` and the carry entering the first step,
+    all of one dtype. A shape or dtype the loops do not take raises a ``ValueError`` or
+    ``TypeError`` naming the argument."""
+    _require()
+    n, B, H, dtype = _dims("xw", xw, time_axis, gates=3)
+    _check_like(dtype, "xw", b_x=(b_x, (3 * H,)), b_h=(b_h, (3 * H,)), w_h=(w_h, (H, 3 * H)), h0=(h0, (B, H)))
+    seq_h = jax.ShapeDtypeStruct(xw.shape[:-1] + (H,), xw.dtype)
+    call = jax.ffi.ffi_call(
+        "jrnn_gru_forward",
+        (jax.ShapeDtypeStruct(xw.shape, xw.dtype), seq_h, seq_h, jax.ShapeDtypeStruct((B, H), xw.dtype)),
+        vmap_method="sequential",
+    )
+    return call(xw, b_x, b_h, w_h, h0, reverse=bool(reverse), batch_major=bool(time_axis))
+
+
+def gru_backward(rzn, hp_n, hs, h_first, d_ys, d_h_T, w_h, *, reverse: bool, time_axis: int):
+    """The GRU's reverse loop: ``(d_hp, d_a_n, d_h0)`` (``GRUCell.backward_step``'s pre-activation
+    gradients, written over ``rzn`` and ``hp_n``, and the first carry's cotangent) from the
+    forward's reserve, its carries after each step ``hs``, the carry entering its first step, the
+    outputs' cotangents ``d_ys`` and the last carry's, all of one dtype. A shape or dtype the loops
+    do not take raises a ``ValueError`` or ``TypeError`` naming the argument."""
+    _require()
+    n, B, H, dtype = _dims("rzn", rzn, time_axis, gates=3)
+    seq = (n, B, H) if time_axis == 0 else (B, n, H)
+    _check_like(dtype, "rzn", hp_n=(hp_n, seq), hs=(hs, seq), h_first=(h_first, (B, H)), d_ys=(d_ys, seq),
+                d_h_T=(d_h_T, (B, H)), w_h=(w_h, (H, 3 * H)))  # fmt: skip
+    call = jax.ffi.ffi_call(
+        "jrnn_gru_backward",
+        (jax.ShapeDtypeStruct(rzn.shape, rzn.dtype), jax.ShapeDtypeStruct(hp_n.shape, rzn.dtype),
+         jax.ShapeDtypeStruct((B, H), rzn.dtype)),  # fmt: skip
+        input_output_aliases={0: 0, 1: 1},
+        vmap_method="sequential",
+    )
+    return call(rzn, hp_n, hs, h_first, d_ys, d_h_T, w_h, reverse=bool(reverse), batch_major=bool(time_axis))
+
+
+__all__ = [
+    "HIDDEN_MULTIPLE", "applies", "available", "enabled", "gru_backward", "gru_forward", "lstm_backward",
+    "lstm_forward", "run_on_cpu",
+]  # fmt: skip

@@ -1,4 +1,5 @@
-// The plain LSTM's two recurrent loops of backward="bptt" on a CPU, as XLA FFI handlers.
+// The plain LSTM's and the plain GRU's two recurrent loops of backward="bptt" on a CPU, as XLA FFI
+// handlers (the GRU's: below, "the GRU").
 //
 // jrnn_lstm_forward runs every step of a layer: a = xw_t + b + h_{t-1} w_h, the gates
 // [i f g o] = [σ σ tanh σ](a), c_t = f c_{t-1} + i g, h_t = o tanh(c_t); it writes the gates (the
@@ -14,8 +15,8 @@
 // step's product is split by hidden units over XLA's intra-op threads (every thread computes all
 // four gates of its units), and the gate arithmetic follows on the product's tile while it is in
 // the L1 cache: one barrier per step. The maths is exactly jrnn.cells.lstm.LSTMCell's plain
-// forward_step and backward_step, which remain the reference (tests compare the two); exp is this
-// file's own (a vectorized polynomial), tanh is 2σ(2x) − 1.
+// forward_step and backward_step (and GRUCell's), which remain the reference (tests compare the
+// two); exp is this file's own (a vectorized polynomial), tanh is 2σ(2x) − 1.
 //
 // Layout: sequences are (n, B, W) (time_axis = 0) or (B, n, W) (time_axis = 1); float32 or
 // float64; hidden size a multiple of 2L (L = values per 256-bit vector: 8 floats, 4 doubles).
@@ -30,11 +31,13 @@
 #include <cstring>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -256,14 +259,15 @@ void TileRows(int rows, const T* a, int64_t lda, const T* p, int64_t ldp, int64_
 }
 
 template <class T>
-void Product(int64_t B, const T* a, int64_t lda, const T* p, int64_t ldp, int64_t K, T* out, int64_t ldo) {
+void Product(int64_t B, const T* a, int64_t lda, const T* p, int64_t ldp, int64_t K, T* out, int64_t ldo,
+             bool accumulate = false) {
   const int64_t tiles = (B + kRows - 1) / kRows;  // as few tiles as the registers allow, rows spread evenly
   for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
     const int64_t depth = std::min(kDepth, K - k0);
     for (int64_t i = 0, r = 0; i < tiles; ++i) {
       const int64_t rows = (B - r) / (tiles - i);
       TileRows<T>(static_cast<int>(rows), a + r * lda + k0, lda, p + k0 * ldp, ldp, depth, out + r * ldo, ldo,
-                  k0 > 0);
+                  accumulate || k0 > 0);
       r += rows;
     }
   }
@@ -277,13 +281,42 @@ struct Layout {
   int64_t Stride(int64_t w) const { return (batch_major ? n : 1) * w; }  // from row b to row b + 1
 };
 
+// Huge pages. XLA allocates a call's temporaries afresh (glibc maps anything above 32 MiB anew on
+// every call), and so does this file for the packed weights: every 4 KiB page of such a buffer
+// costs a page fault on its first write, 3 µs each on the measuring machine, about a tenth of the
+// gradient at hidden size 512 and up (benchmarks/NOTES.md, section 16). Advised before the first
+// write, transparent huge pages (THP in its "madvise" or "always" mode) take one fault per 2 MiB;
+// where THP is off the advice is ignored. Advice only: no content changes.
+constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+
+void AdviseHugePages(void* data, size_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = (begin + bytes) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+}
+
+// An array of n values for the packed weights; from a huge page on, 2 MiB-aligned and advised.
+template <class T>
+using Array = std::unique_ptr<T[], void (*)(void*)>;
+
+template <class T>
+Array<T> NewArray(int64_t n) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+  if (bytes < kHugePage) return Array<T>(static_cast<T*>(std::malloc(std::max<size_t>(bytes, 1))), std::free);
+  const size_t whole = (bytes + kHugePage - 1) & ~(kHugePage - 1);
+  void* data = std::aligned_alloc(kHugePage, whole);
+  if (data != nullptr) AdviseHugePages(data, whole);
+  return Array<T>(static_cast<T*>(data), std::free);
+}
+
 // Packs the recurrent weights for the forward's tiles, by blocks of L hidden units:
 // panel[u][k][gate * L + l] = w_h[k, gate * H + u * L + l].
 template <class T>
-std::vector<T> ForwardPanels(const T* w_h, int64_t H) {
+Array<T> ForwardPanels(const T* w_h, int64_t H) {
   constexpr int L = 32 / sizeof(T);
   const int64_t G = 4 * H;
-  std::vector<T> panel(H * G);
+  Array<T> panel = NewArray<T>(H * G);
+  if (!panel) return panel;
   for (int64_t u = 0; u < H / L; ++u)
     for (int64_t k = 0; k < H; ++k)
       for (int g = 0; g < 4; ++g)
@@ -291,13 +324,13 @@ std::vector<T> ForwardPanels(const T* w_h, int64_t H) {
   return panel;
 }
 
-// Packs w_h transposed for the backward's tiles, by blocks of 2L hidden units:
-// panel[v][k][l] = w_h[v * 2L + l, k], k over the 4H gate columns.
+// Packs w_h (H, G) transposed for the backward's tiles, by blocks of 2L hidden units:
+// panel[v][k][l] = w_h[v * 2L + l, k], k over the G gate columns.
 template <class T>
-std::vector<T> BackwardPanels(const T* w_h, int64_t H) {
+Array<T> BackwardPanels(const T* w_h, int64_t H, int64_t G) {
   constexpr int L = 32 / sizeof(T);
-  const int64_t G = 4 * H;
-  std::vector<T> panel(H * G);
+  Array<T> panel = NewArray<T>(H * G);
+  if (!panel) return panel;
   for (int64_t v = 0; v < H / (2 * L); ++v)
     for (int64_t k = 0; k < G; ++k)
       for (int l = 0; l < 2 * L; ++l) panel[(v * G + k) * 2 * L + l] = w_h[(v * 2 * L + l) * G + k];
@@ -305,12 +338,13 @@ std::vector<T> BackwardPanels(const T* w_h, int64_t H) {
 }
 
 template <class T>
-void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, const T* h0, const T* c0, T* gates,
+bool Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, const T* h0, const T* c0, T* gates,
              T* hs, T* cs, T* h_T, T* c_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
   constexpr int L = 32 / sizeof(T);
   const int64_t G = 4 * H, blocks = H / L;
   const Layout lay{n, B, batch_major};
-  const std::vector<T> panel = ForwardPanels(w_h, H);
+  const Array<T> panel = ForwardPanels(w_h, H);
+  if (!panel) return false;
   const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
   Barrier barrier;
   Parallel(pool, threads, barrier, [&](int tid, int threads) {
@@ -322,7 +356,7 @@ void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, co
       const T* c_prev = s == 0 ? c0 : cs + lay.Row(tp, 0, H);
       const int64_t ld_prev = s == 0 ? H : lay.Stride(H);
       for (int64_t u = u0; u < u1; ++u) {
-        const T* p = panel.data() + u * H * 4 * L;
+        const T* p = panel.get() + u * H * 4 * L;
         const int64_t j0 = u * L;
         Product<T>(B, h_prev, ld_prev, p, 4 * L, H, tiles.data(), 4 * L);                  // i, f
         Product<T>(B, h_prev, ld_prev, p + 2 * L, 4 * L, H, tiles.data() + 2 * L, 4 * L);  // g, o
@@ -357,16 +391,18 @@ void Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, co
       std::memcpy(c_T + b * H + j0, c_last + j0, width * sizeof(T));
     }
   });
+  return true;
 }
 
 template <class T>
-void Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_first, const T* d_ys, const T* d_h_T,
+bool Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_first, const T* d_ys, const T* d_h_T,
               const T* d_c_T, const T* w_h, T* d_a, T* d_h0, T* d_c0, int64_t n, int64_t B, int64_t H, bool reverse,
               bool batch_major) {
   constexpr int L = 32 / sizeof(T);
   const int64_t G = 4 * H, blocks = H / (2 * L);
   const Layout lay{n, B, batch_major};
-  const std::vector<T> panel = BackwardPanels(w_h, H);
+  const Array<T> panel = BackwardPanels(w_h, H, G);
+  if (!panel) return false;
   // the carry's cotangent, (B, H) each; a thread reads and writes the columns of its units only
   std::vector<T> dh(d_h_T, d_h_T + B * H), dc(d_c_T, d_c_T + B * H);
   const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
@@ -402,26 +438,162 @@ void Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_fir
       const T* da_t = d_a + lay.Row(t, 0, G);
       const int64_t ld = lay.Stride(G);
       for (int64_t v = v0; v < v1; ++v)
-        Product<T>(B, da_t, ld, panel.data() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H);
+        Product<T>(B, da_t, ld, panel.get() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H);
     }
     for (int64_t b = 0; b < B; ++b) {
       std::memcpy(d_h0 + b * H + j0, dh.data() + b * H + j0, width * sizeof(T));
       std::memcpy(d_c0 + b * H + j0, dc.data() + b * H + j0, width * sizeof(T));
     }
   });
+  return true;
+}
+
+// -- the GRU (jrnn.cells.gru.GRUCell without options: the reset gate after the product) -------
+//
+// a step: hp = h_{t-1} w_h + b_h, [r z] = σ(xw_t + b_x + hp)[r z], n = tanh(xw_n + b_x[n] + r hp_n),
+// h_t = (1 - z) n + z h_{t-1}. The reserve: [r z n] (n, B, 3H) and hp_n (n, B, H).
+
+// Packs w_h (H, 3H) for the GRU forward's tiles, by blocks of 2L hidden units:
+// panel[v][k][gate * 2L + l] = w_h[k, gate * H + v * 2L + l].
+template <class T>
+Array<T> GruForwardPanels(const T* w_h, int64_t H) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 3 * H;
+  Array<T> panel = NewArray<T>(H * G);
+  if (!panel) return panel;
+  for (int64_t v = 0; v < H / (2 * L); ++v)
+    for (int64_t k = 0; k < H; ++k)
+      for (int g = 0; g < 3; ++g)
+        std::memcpy(&panel[(v * H + k) * 6 * L + g * 2 * L], w_h + k * G + g * H + v * 2 * L, 2 * L * sizeof(T));
+  return panel;
+}
+
+template <class T>
+bool GruForward(ffi::ThreadPool& pool, const T* xw, const T* b_x, const T* b_h, const T* w_h, const T* h0, T* rzn,
+                T* hp_n, T* hs, T* h_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 3 * H, blocks = H / (2 * L);
+  const Layout lay{n, B, batch_major};
+  const Array<T> panel = GruForwardPanels(w_h, H);
+  if (!panel) return false;
+  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
+  Barrier barrier;
+  Parallel(pool, threads, barrier, [&](int tid, int threads) {
+    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
+    std::vector<T> tiles(B * 6 * L);  // the product for one block of units: (B, [r z n] x 2L)
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t t = reverse ? n - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+      const T* h_prev = s == 0 ? h0 : hs + lay.Row(tp, 0, H);
+      const int64_t ld_prev = s == 0 ? H : lay.Stride(H);
+      for (int64_t v = v0; v < v1; ++v) {
+        const T* p = panel.get() + v * H * 6 * L;
+        for (int g = 0; g < 3; ++g)
+          Product<T>(B, h_prev, ld_prev, p + g * 2 * L, 6 * L, H, tiles.data() + g * 2 * L, 6 * L);
+        const int64_t j0 = v * 2 * L;
+        for (int64_t b = 0; b < B; ++b) {
+          const T* x = xw + lay.Row(t, b, G) + j0;
+          const T* hp = h_prev + b * ld_prev + j0;
+          const T* tb = tiles.data() + b * 6 * L;
+          T* gt = rzn + lay.Row(t, b, G) + j0;
+          T* hn = hp_n + lay.Row(t, b, H) + j0;
+          T* h = hs + lay.Row(t, b, H) + j0;
+          for (int l = 0; l < 2 * L; l += L) {
+            const T* bx = b_x + j0 + l;
+            const T* bh = b_h + j0 + l;
+            const Vec<T> h_n = Load(tb + 4 * L + l) + Load(bh + 2 * H);
+            const Vec<T> r = Sigmoid<T>((Load(x + l) + Load(bx)) + (Load(tb + l) + Load(bh)));
+            const Vec<T> z = Sigmoid<T>((Load(x + H + l) + Load(bx + H)) + (Load(tb + 2 * L + l) + Load(bh + H)));
+            const Vec<T> c = Tanh<T>((Load(x + 2 * H + l) + Load(bx + 2 * H)) + r * h_n);
+            Store(h + l, (T(1) - z) * c + z * Load(hp + l));
+            Store(gt + l, r);
+            Store(gt + H + l, z);
+            Store(gt + 2 * H + l, c);
+            Store(hn + l, h_n);
+          }
+        }
+      }
+      barrier.Wait();
+    }
+    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
+    for (int64_t b = 0; b < B; ++b) {
+      const T* h_last = n == 0 ? h0 + b * H : hs + lay.Row(reverse ? 0 : n - 1, b, H);
+      std::memcpy(h_T + b * H + j0, h_last + j0, width * sizeof(T));
+    }
+  });
+  return true;
+}
+
+// The GRU's reverse loop: d_hp = [d_a_r d_a_z d_a_n r] over [r z n], d_a_n over hp_n, and
+// d_h_{t-1} = d_h z + d_hp w_hᵀ.
+template <class T>
+bool GruBackward(ffi::ThreadPool& pool, const T* rzn, const T* hp_n, const T* hs, const T* h_first, const T* d_ys,
+                 const T* d_h_T, const T* w_h, T* d_hp, T* d_a_n, T* d_h0, int64_t n, int64_t B, int64_t H,
+                 bool reverse, bool batch_major) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t G = 3 * H, blocks = H / (2 * L);
+  const Layout lay{n, B, batch_major};
+  const Array<T> panel = BackwardPanels(w_h, H, G);
+  if (!panel) return false;
+  std::vector<T> dh(d_h_T, d_h_T + B * H);  // the carry's cotangent; a thread keeps to its units' columns
+  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
+  Barrier barrier;
+  Parallel(pool, threads, barrier, [&](int tid, int threads) {
+    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
+    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t t = reverse ? s : n - 1 - s, tp = reverse ? t + 1 : t - 1;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* gt = rzn + lay.Row(t, b, G) + j0;
+        const T* hn = hp_n + lay.Row(t, b, H) + j0;
+        const T* hp = (s == n - 1 ? h_first + b * H : hs + lay.Row(tp, b, H)) + j0;
+        const T* dy = d_ys + lay.Row(t, b, H) + j0;
+        T* dg = d_hp + lay.Row(t, b, G) + j0;
+        T* dn = d_a_n + lay.Row(t, b, H) + j0;
+        T* dhb = dh.data() + b * H + j0;
+        for (int64_t l = 0; l < width; l += L) {
+          const Vec<T> r = Load(gt + l), z = Load(gt + H + l), c = Load(gt + 2 * H + l), h_n = Load(hn + l);
+          const Vec<T> d_h = Load(dhb + l) + Load(dy + l);  // y_t = h_t: the output's cotangent joins
+          const Vec<T> d_an = d_h * (T(1) - z) * (T(1) - c * c);             // h = (1 - z) n + ..., n = tanh(a_n)
+          const Vec<T> d_az = d_h * (Load(hp + l) - c) * (z * (T(1) - z));  // h = ... + z h_{t-1}, z = σ(a_z)
+          const Vec<T> d_ar = d_an * h_n * (r * (T(1) - r));                 // a_n = x_n + r hp_n, r = σ(a_r)
+          Store(dg + l, d_ar);
+          Store(dg + H + l, d_az);
+          Store(dg + 2 * H + l, d_an * r);
+          Store(dn + l, d_an);
+          Store(dhb + l, d_h * z);  // h = ... + z h_{t-1}; the product adds the rest below
+        }
+      }
+      barrier.Wait();  // every column of d_hp_t written
+      const T* dg_t = d_hp + lay.Row(t, 0, G);
+      const int64_t ld = lay.Stride(G);
+      for (int64_t v = v0; v < v1; ++v)
+        Product<T>(B, dg_t, ld, panel.get() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H, true);
+    }
+    for (int64_t b = 0; b < B; ++b) std::memcpy(d_h0 + b * H + j0, dh.data() + b * H + j0, width * sizeof(T));
+  });
+  return true;
 }
 
 }  // namespace
 
 // -- the FFI handlers ----------------------------------------------------------------------------
 
-static ffi::Error Check(const ffi::AnyBuffer& like, int64_t H) {
-  const auto type = like.element_type();
+// (n, B, H) of a sequence (n, B, gates·H) or (B, n, gates·H), after checking its dtype and hidden size
+struct Dims {
+  int64_t n, B, H;
+};
+
+static ffi::Error SequenceDims(const ffi::AnyBuffer& seq, int gates, bool batch_major, Dims* d) {
+  const auto type = seq.element_type();
   if (type != ffi::DataType::F32 && type != ffi::DataType::F64)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: float32 or float64 only");
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native loops: float32 or float64 only");
+  const auto dims = seq.dimensions();
+  if (dims.size() != 3 || dims[2] % gates != 0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native loops: a sequence must be (n, B, gates x H)");
+  *d = {batch_major ? dims[1] : dims[0], batch_major ? dims[0] : dims[1], dims[2] / gates};
   const int64_t L = type == ffi::DataType::F32 ? 8 : 4;
-  if (H % (2 * L) != 0)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: hidden size not a multiple of 2L");
+  if (d->H % (2 * L) != 0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native loops: hidden size not a multiple of 2L");
   return ffi::Error::Success();
 }
 
@@ -435,33 +607,19 @@ T* Out(ffi::Result<ffi::AnyBuffer>& result) {
   return static_cast<T*>(result->untyped_data());
 }
 
-// (n, B, H) of a sequence (n, B, 4H) or (B, n, 4H)
-struct Dims {
-  int64_t n, B, H;
-};
-
-static Dims SequenceDims(const ffi::AnyBuffer& seq, bool batch_major) {
-  const auto dims = seq.dimensions();
-  return {batch_major ? dims[1] : dims[0], batch_major ? dims[0] : dims[1], dims[2] / 4};
+// Runs loop(T{}) with T the element type of `like` (checked: float or double); its result (false:
+// the packed weights found no memory) as the handler's.
+template <class F>
+ffi::Error ByType(const ffi::AnyBuffer& like, F loop) {
+  const bool done = like.element_type() == ffi::DataType::F32 ? loop(float{}) : loop(double{});
+  if (done) return ffi::Error::Success();
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jrnn native loops: no memory for the packed weights");
 }
 
-template <class T>
-void ForwardAs(ffi::ThreadPool& pool, const ffi::AnyBuffer& xw, const ffi::AnyBuffer& bias, const ffi::AnyBuffer& w_h,
-               const ffi::AnyBuffer& h0, const ffi::AnyBuffer& c0, ffi::Result<ffi::AnyBuffer>& gates,
-               ffi::Result<ffi::AnyBuffer>& hs, ffi::Result<ffi::AnyBuffer>& cs, ffi::Result<ffi::AnyBuffer>& h_T,
-               ffi::Result<ffi::AnyBuffer>& c_T, Dims d, bool reverse, bool batch_major) {
-  Forward<T>(pool, In<T>(xw), In<T>(bias), In<T>(w_h), In<T>(h0), In<T>(c0), Out<T>(gates), Out<T>(hs), Out<T>(cs),
-             Out<T>(h_T), Out<T>(c_T), d.n, d.B, d.H, reverse, batch_major);
-}
-
-template <class T>
-void BackwardAs(ffi::ThreadPool& pool, const ffi::AnyBuffer& gates, const ffi::AnyBuffer& cs,
-                const ffi::AnyBuffer& c_first, const ffi::AnyBuffer& d_ys, const ffi::AnyBuffer& d_h_T,
-                const ffi::AnyBuffer& d_c_T, const ffi::AnyBuffer& w_h, ffi::Result<ffi::AnyBuffer>& d_a,
-                ffi::Result<ffi::AnyBuffer>& d_h0, ffi::Result<ffi::AnyBuffer>& d_c0, Dims d, bool reverse,
-                bool batch_major) {
-  Backward<T>(pool, In<T>(gates), In<T>(cs), In<T>(c_first), In<T>(d_ys), In<T>(d_h_T), In<T>(d_c_T), In<T>(w_h),
-              Out<T>(d_a), Out<T>(d_h0), Out<T>(d_c0), d.n, d.B, d.H, reverse, batch_major);
+// The outputs a forward loop writes first: advised onto huge pages (AdviseHugePages).
+template <class... R>
+void AdviseOutputs(R&... out) {
+  (AdviseHugePages(out->untyped_data(), out->size_bytes()), ...);
 }
 
 static ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer bias, ffi::AnyBuffer w_h,
@@ -469,15 +627,14 @@ static ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::
                                   ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> cs,
                                   ffi::Result<ffi::AnyBuffer> h_T, ffi::Result<ffi::AnyBuffer> c_T, bool reverse,
                                   bool batch_major) {
-  if (xw.dimensions().size() != 3)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: xw must be 3-D");
-  const Dims d = SequenceDims(xw, batch_major);
-  if (ffi::Error e = Check(xw, d.H); e.failure()) return e;
-  if (xw.element_type() == ffi::DataType::F32)
-    ForwardAs<float>(pool, xw, bias, w_h, h0, c0, gates, hs, cs, h_T, c_T, d, reverse, batch_major);
-  else
-    ForwardAs<double>(pool, xw, bias, w_h, h0, c0, gates, hs, cs, h_T, c_T, d, reverse, batch_major);
-  return ffi::Error::Success();
+  Dims d;
+  if (ffi::Error e = SequenceDims(xw, 4, batch_major, &d); e.failure()) return e;
+  AdviseOutputs(gates, hs, cs);
+  return ByType(xw, [&](auto zero) {
+    using T = decltype(zero);
+    return Forward<T>(pool, In<T>(xw), In<T>(bias), In<T>(w_h), In<T>(h0), In<T>(c0), Out<T>(gates), Out<T>(hs),
+                      Out<T>(cs), Out<T>(h_T), Out<T>(c_T), d.n, d.B, d.H, reverse, batch_major);
+  });
 }
 
 static ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer gates, ffi::AnyBuffer cs,
@@ -485,15 +642,41 @@ static ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer gates, f
                                    ffi::AnyBuffer d_c_T, ffi::AnyBuffer w_h, ffi::Result<ffi::AnyBuffer> d_a,
                                    ffi::Result<ffi::AnyBuffer> d_h0, ffi::Result<ffi::AnyBuffer> d_c0, bool reverse,
                                    bool batch_major) {
-  if (gates.dimensions().size() != 3)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jrnn native LSTM: gates must be 3-D");
-  const Dims d = SequenceDims(gates, batch_major);
-  if (ffi::Error e = Check(gates, d.H); e.failure()) return e;
-  if (gates.element_type() == ffi::DataType::F32)
-    BackwardAs<float>(pool, gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, d_a, d_h0, d_c0, d, reverse, batch_major);
-  else
-    BackwardAs<double>(pool, gates, cs, c_first, d_ys, d_h_T, d_c_T, w_h, d_a, d_h0, d_c0, d, reverse, batch_major);
-  return ffi::Error::Success();
+  Dims d;
+  if (ffi::Error e = SequenceDims(gates, 4, batch_major, &d); e.failure()) return e;
+  return ByType(gates, [&](auto zero) {
+    using T = decltype(zero);
+    return Backward<T>(pool, In<T>(gates), In<T>(cs), In<T>(c_first), In<T>(d_ys), In<T>(d_h_T), In<T>(d_c_T),
+                       In<T>(w_h), Out<T>(d_a), Out<T>(d_h0), Out<T>(d_c0), d.n, d.B, d.H, reverse, batch_major);
+  });
+}
+
+static ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer b_x, ffi::AnyBuffer b_h,
+                                 ffi::AnyBuffer w_h, ffi::AnyBuffer h0, ffi::Result<ffi::AnyBuffer> rzn,
+                                 ffi::Result<ffi::AnyBuffer> hp_n, ffi::Result<ffi::AnyBuffer> hs,
+                                 ffi::Result<ffi::AnyBuffer> h_T, bool reverse, bool batch_major) {
+  Dims d;
+  if (ffi::Error e = SequenceDims(xw, 3, batch_major, &d); e.failure()) return e;
+  AdviseOutputs(rzn, hp_n, hs);
+  return ByType(xw, [&](auto zero) {
+    using T = decltype(zero);
+    return GruForward<T>(pool, In<T>(xw), In<T>(b_x), In<T>(b_h), In<T>(w_h), In<T>(h0), Out<T>(rzn), Out<T>(hp_n),
+                         Out<T>(hs), Out<T>(h_T), d.n, d.B, d.H, reverse, batch_major);
+  });
+}
+
+static ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer rzn, ffi::AnyBuffer hp_n, ffi::AnyBuffer hs,
+                                  ffi::AnyBuffer h_first, ffi::AnyBuffer d_ys, ffi::AnyBuffer d_h_T,
+                                  ffi::AnyBuffer w_h, ffi::Result<ffi::AnyBuffer> d_hp,
+                                  ffi::Result<ffi::AnyBuffer> d_a_n, ffi::Result<ffi::AnyBuffer> d_h0, bool reverse,
+                                  bool batch_major) {
+  Dims d;
+  if (ffi::Error e = SequenceDims(rzn, 3, batch_major, &d); e.failure()) return e;
+  return ByType(rzn, [&](auto zero) {
+    using T = decltype(zero);
+    return GruBackward<T>(pool, In<T>(rzn), In<T>(hp_n), In<T>(hs), In<T>(h_first), In<T>(d_ys), In<T>(d_h_T),
+                          In<T>(w_h), Out<T>(d_hp), Out<T>(d_a_n), Out<T>(d_h0), d.n, d.B, d.H, reverse, batch_major);
+  });
 }
 
 extern "C" {
@@ -534,6 +717,37 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnLstmBackward, LstmBackwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // d_a, over the gates
                                   .Ret<ffi::AnyBuffer>()  // d_h0
                                   .Ret<ffi::AnyBuffer>()  // d_c0
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnGruForward, GruForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()  // XLA's intra-op threads
+                                  .Arg<ffi::AnyBuffer>()  // xw: the input projection, no bias
+                                  .Arg<ffi::AnyBuffer>()  // b_x (3H,)
+                                  .Arg<ffi::AnyBuffer>()  // b_h (3H,)
+                                  .Arg<ffi::AnyBuffer>()  // w_h (H, 3H)
+                                  .Arg<ffi::AnyBuffer>()  // h0 (B, H)
+                                  .Ret<ffi::AnyBuffer>()  // [r z n]
+                                  .Ret<ffi::AnyBuffer>()  // hp_n
+                                  .Ret<ffi::AnyBuffer>()  // h after each step
+                                  .Ret<ffi::AnyBuffer>()  // h_T
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnGruBackward, GruBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()  // XLA's intra-op threads
+                                  .Arg<ffi::AnyBuffer>()  // [r z n]
+                                  .Arg<ffi::AnyBuffer>()  // hp_n
+                                  .Arg<ffi::AnyBuffer>()  // h after each step
+                                  .Arg<ffi::AnyBuffer>()  // h entering the first step
+                                  .Arg<ffi::AnyBuffer>()  // d_ys
+                                  .Arg<ffi::AnyBuffer>()  // d_h_T
+                                  .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Ret<ffi::AnyBuffer>()  // d_hp, over [r z n]
+                                  .Ret<ffi::AnyBuffer>()  // d_a_n, over hp_n
+                                  .Ret<ffi::AnyBuffer>()  // d_h0
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("batch_major"));
 
