@@ -34,8 +34,9 @@ recomputes the residuals chunk by chunk (two GEMMs per chunk) just before its lo
 
 On a CPU, both loops of a plain LSTM or GRU run natively (``jrnn.kernels.native``: C++ through
 XLA's FFI, the same reserve, carries and pre-activation gradients), when nothing they lack is asked
-for: no mask, truncation or recurrent dropout, float32 or float64 (``native.applies``). ``_loop_forward`` and
-``_scan_reverse`` are the ``lax.scan`` loops they replace, and the reference they are tested on.
+for: no mask, truncation or recurrent dropout, float32 or float64 (``native.applies``).
+``_loop_forward`` and ``_scan_reverse`` are the ``lax.scan`` loops they replace, and the reference
+they are tested on.
 
 Dropout inside a layer (``RNN(input_dropout=, recurrent_dropout=)``) comes as a ``LayerDropout``
 of two multipliers, the same at every step: ``x (B, D)`` scales the inputs once, before the one

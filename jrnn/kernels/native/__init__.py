@@ -91,10 +91,10 @@ def enabled() -> bool:
 
 def applies(cell, dtype) -> bool:
     """Whether the native loops run this layer when the scan has no mask, truncation or
-    recurrent dropout: an ``LSTMCell`` without options or a ``GRUCell`` with ``reset_after=True`` and
-    no layer norm, a dtype of ``HIDDEN_MULTIPLE`` (float32:
-    hidden size a multiple of 16; float64: of 8), and ``enabled()``. On a device other than the
-    CPU the pure-JAX loops run (``run_on_cpu``)."""
+    recurrent dropout: an ``LSTMCell`` without options or a ``GRUCell`` with ``reset_after=True``
+    and no layer norm, a dtype of ``HIDDEN_MULTIPLE`` (float32: hidden size a multiple of 16;
+    float64: of 8), and ``enabled()``. On a device other than the CPU the pure-JAX loops run
+    (``run_on_cpu``)."""
     multiple = HIDDEN_MULTIPLE.get(np.dtype(dtype))
     plain = (type(cell) is LSTMCell and cell._plain) or (
         type(cell) is GRUCell and cell.reset_after and not cell.layer_norm
