@@ -309,18 +309,17 @@ Array<T> NewArray(int64_t n) {
   return Array<T>(static_cast<T*>(data), std::free);
 }
 
-// Packs the recurrent weights for the forward's tiles, by blocks of L hidden units:
-// panel[u][k][gate * L + l] = w_h[k, gate * H + u * L + l].
-template <class T>
-Array<T> ForwardPanels(const T* w_h, int64_t H) {
-  constexpr int L = 32 / sizeof(T);
-  const int64_t G = 4 * H;
+// Packs w_h (H, gates·H) for the forward's tiles, by blocks of U hidden units:
+// panel[u][k][gate * U + l] = w_h[k, gate * H + u * U + l].
+template <class T, int U>
+Array<T> ForwardPanels(const T* w_h, int64_t H, int gates) {
+  const int64_t G = gates * H;
   Array<T> panel = NewArray<T>(H * G);
   if (!panel) return panel;
-  for (int64_t u = 0; u < H / L; ++u)
+  for (int64_t u = 0; u < H / U; ++u)
     for (int64_t k = 0; k < H; ++k)
-      for (int g = 0; g < 4; ++g)
-        std::memcpy(&panel[(u * H + k) * 4 * L + g * L], w_h + k * G + g * H + u * L, L * sizeof(T));
+      for (int g = 0; g < gates; ++g)
+        std::memcpy(&panel[(u * H + k) * gates * U + g * U], w_h + k * G + g * H + u * U, U * sizeof(T));
   return panel;
 }
 
@@ -337,34 +336,97 @@ Array<T> BackwardPanels(const T* w_h, int64_t H, int64_t G) {
   return panel;
 }
 
+// The last carry of a forward loop (the carries after each step `seq`, or `first` for no step).
+template <class T>
+void CopyLast(const T* seq, const T* first, T* out, const Layout& lay, int64_t H, bool reverse) {
+  for (int64_t b = 0; b < lay.B; ++b)
+    std::memcpy(out + b * H, lay.n == 0 ? first + b * H : seq + lay.Row(reverse ? 0 : lay.n - 1, b, H),
+                H * sizeof(T));
+}
+
+// The forward loop of either cell. Each thread takes blocks of U hidden units; per step it computes
+// the recurrent product h_{t-1} w_h for all `gates` gates' columns of a block into `tiles`
+// (B, gates · U), then block(s, t, tp, j0, h_prev, ld_prev, tiles) does the gate arithmetic for the
+// block's units j0 ... j0 + U - 1 (h_prev: the carries entering step t, rows ld_prev apart) and
+// writes the step's carries into `hs`, which the next step reads: one barrier per step.
+template <class T, int U, class Block>
+bool ForwardLoop(ffi::ThreadPool& pool, const T* w_h, const T* h0, const T* hs, const Layout& lay, int64_t H,
+                 int gates, bool reverse, Block block) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t B = lay.B, blocks = H / U, width = gates * U;
+  const Array<T> panel = ForwardPanels<T, U>(w_h, H, gates);
+  if (!panel) return false;
+  const int threads = NumThreads(pool, blocks, 2.0 * B * H * gates * H);
+  Barrier barrier;
+  Parallel(pool, threads, barrier, [&](int tid, int threads) {
+    const int64_t u0 = blocks * tid / threads, u1 = blocks * (tid + 1) / threads;
+    std::vector<T> tiles(B * width);  // the product for one block of units: (B, gates x U)
+    for (int64_t s = 0; s < lay.n; ++s) {
+      const int64_t t = reverse ? lay.n - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+      const T* h_prev = s == 0 ? h0 : hs + lay.Row(tp, 0, H);
+      const int64_t ld_prev = s == 0 ? H : lay.Stride(H);
+      for (int64_t u = u0; u < u1; ++u) {
+        const T* p = panel.get() + u * H * width;
+        for (int64_t col = 0; col < width; col += 2 * L)  // tiles of 2L columns
+          Product<T>(B, h_prev, ld_prev, p + col, width, H, tiles.data() + col, width);
+        block(s, t, tp, u * U, h_prev, ld_prev, tiles.data());
+      }
+      barrier.Wait();
+    }
+  });
+  return true;
+}
+
+// The reverse loop of either cell, against the forward (its last step first). Each thread takes
+// blocks of 2L hidden units; per step, units(s, t, tp, b, j0, width, d_h) turns the cotangent
+// d_h (row b of the carry's, the thread's units j0 ... j0 + width - 1) into the step's
+// pre-activation gradients, written in d_pre (G columns per row), and leaves in d_h the part of
+// d_h_{t-1} that bypasses the product; after a barrier, the thread adds (or with `accumulate`
+// false, writes) d_pre_t w_hᵀ for its units. d_h0 gets the cotangent entering the first step.
+template <class T, class Units>
+bool ReverseLoop(ffi::ThreadPool& pool, const T* w_h, const T* d_h_T, const T* d_pre, T* d_h0, const Layout& lay,
+                 int64_t H, int64_t G, bool reverse, bool accumulate, Units units) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t B = lay.B, blocks = H / (2 * L);
+  const Array<T> panel = BackwardPanels(w_h, H, G);
+  if (!panel) return false;
+  std::vector<T> dh(d_h_T, d_h_T + B * H);  // the carry's cotangent; a thread keeps to its units' columns
+  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
+  Barrier barrier;
+  Parallel(pool, threads, barrier, [&](int tid, int threads) {
+    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
+    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
+    for (int64_t s = 0; s < lay.n; ++s) {
+      const int64_t t = reverse ? s : lay.n - 1 - s, tp = reverse ? t + 1 : t - 1;
+      for (int64_t b = 0; b < B; ++b) units(s, t, tp, b, j0, width, dh.data() + b * H + j0);
+      barrier.Wait();  // every column of d_pre_t written
+      const T* dp_t = d_pre + lay.Row(t, 0, G);
+      for (int64_t v = v0; v < v1; ++v)
+        Product<T>(B, dp_t, lay.Stride(G), panel.get() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H,
+                   accumulate);
+    }
+  });
+  std::memcpy(d_h0, dh.data(), B * H * sizeof(T));
+  return true;
+}
+
+// -- the LSTM ------------------------------------------------------------------------------------
+
 template <class T>
 bool Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, const T* h0, const T* c0, T* gates,
              T* hs, T* cs, T* h_T, T* c_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
   constexpr int L = 32 / sizeof(T);
-  const int64_t G = 4 * H, blocks = H / L;
+  const int64_t G = 4 * H;
   const Layout lay{n, B, batch_major};
-  const Array<T> panel = ForwardPanels(w_h, H);
-  if (!panel) return false;
-  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
-  Barrier barrier;
-  Parallel(pool, threads, barrier, [&](int tid, int threads) {
-    const int64_t u0 = blocks * tid / threads, u1 = blocks * (tid + 1) / threads;
-    std::vector<T> tiles(B * 4 * L);  // the product for one block of units: (B, [i f g o] x L)
-    for (int64_t s = 0; s < n; ++s) {
-      const int64_t t = reverse ? n - 1 - s : s, tp = reverse ? t + 1 : t - 1;
-      const T* h_prev = s == 0 ? h0 : hs + lay.Row(tp, 0, H);
-      const T* c_prev = s == 0 ? c0 : cs + lay.Row(tp, 0, H);
-      const int64_t ld_prev = s == 0 ? H : lay.Stride(H);
-      for (int64_t u = u0; u < u1; ++u) {
-        const T* p = panel.get() + u * H * 4 * L;
-        const int64_t j0 = u * L;
-        Product<T>(B, h_prev, ld_prev, p, 4 * L, H, tiles.data(), 4 * L);                  // i, f
-        Product<T>(B, h_prev, ld_prev, p + 2 * L, 4 * L, H, tiles.data() + 2 * L, 4 * L);  // g, o
+  const bool done = ForwardLoop<T, L>(
+      pool, w_h, h0, hs, lay, H, 4, reverse,
+      [&](int64_t s, int64_t t, int64_t tp, int64_t j0, const T*, int64_t ld_prev, const T* tiles) {
+        const T* c_prev = s == 0 ? c0 : cs + lay.Row(tp, 0, H);
         for (int64_t b = 0; b < B; ++b) {
           const T* x = xw + lay.Row(t, b, G) + j0;
           const T* bb = bias + j0;
           const T* cp = c_prev + b * ld_prev + j0;
-          const T* tb = tiles.data() + b * 4 * L;
+          const T* tb = tiles + b * 4 * L;
           T* gt = gates + lay.Row(t, b, G) + j0;
           T* c = cs + lay.Row(t, b, H) + j0;
           T* h = hs + lay.Row(t, b, H) + j0;
@@ -380,17 +442,10 @@ bool Forward(ffi::ThreadPool& pool, const T* xw, const T* bias, const T* w_h, co
           Store(gt + 2 * H, g);
           Store(gt + 3 * H, o);
         }
-      }
-      barrier.Wait();
-    }
-    const int64_t j0 = u0 * L, width = (u1 - u0) * L;
-    for (int64_t b = 0; b < B; ++b) {
-      const T* h_last = n == 0 ? h0 + b * H : hs + lay.Row(reverse ? 0 : n - 1, b, H);
-      const T* c_last = n == 0 ? c0 + b * H : cs + lay.Row(reverse ? 0 : n - 1, b, H);
-      std::memcpy(h_T + b * H + j0, h_last + j0, width * sizeof(T));
-      std::memcpy(c_T + b * H + j0, c_last + j0, width * sizeof(T));
-    }
-  });
+      });
+  if (!done) return false;
+  CopyLast(hs, h0, h_T, lay, H, reverse);
+  CopyLast(cs, c0, c_T, lay, H, reverse);
   return true;
 }
 
@@ -399,27 +454,17 @@ bool Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_fir
               const T* d_c_T, const T* w_h, T* d_a, T* d_h0, T* d_c0, int64_t n, int64_t B, int64_t H, bool reverse,
               bool batch_major) {
   constexpr int L = 32 / sizeof(T);
-  const int64_t G = 4 * H, blocks = H / (2 * L);
+  const int64_t G = 4 * H;
   const Layout lay{n, B, batch_major};
-  const Array<T> panel = BackwardPanels(w_h, H, G);
-  if (!panel) return false;
-  // the carry's cotangent, (B, H) each; a thread reads and writes the columns of its units only
-  std::vector<T> dh(d_h_T, d_h_T + B * H), dc(d_c_T, d_c_T + B * H);
-  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
-  Barrier barrier;
-  Parallel(pool, threads, barrier, [&](int tid, int threads) {
-    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
-    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
-    for (int64_t s = 0; s < n; ++s) {
-      // against the forward: its last step first
-      const int64_t t = reverse ? s : n - 1 - s, tp = reverse ? t + 1 : t - 1;
-      for (int64_t b = 0; b < B; ++b) {
+  std::vector<T> dc(d_c_T, d_c_T + B * H);  // the cell state's cotangent, by the same columns as d_h's
+  const bool done = ReverseLoop<T>(
+      pool, w_h, d_h_T, d_a, d_h0, lay, H, G, reverse, false,
+      [&](int64_t s, int64_t t, int64_t tp, int64_t b, int64_t j0, int64_t width, T* dhb) {
         const T* gt = gates + lay.Row(t, b, G) + j0;
         const T* c = cs + lay.Row(t, b, H) + j0;
         const T* cp = (s == n - 1 ? c_first + b * H : cs + lay.Row(tp, b, H)) + j0;
         const T* dy = d_ys + lay.Row(t, b, H) + j0;
         T* da = d_a + lay.Row(t, b, G) + j0;
-        T* dhb = dh.data() + b * H + j0;
         T* dcb = dc.data() + b * H + j0;
         for (int64_t l = 0; l < width; l += L) {
           const Vec<T> i = Load(gt + l), f = Load(gt + H + l), g = Load(gt + 2 * H + l), o = Load(gt + 3 * H + l);
@@ -432,19 +477,10 @@ bool Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_fir
           Store(da + 3 * H + l, d_h * tanh_c * o * (T(1) - o));      // h = o tanh(c),  o = σ(a_o)
           Store(dcb + l, d_c * f);                                   // into the previous cell state
         }
-      }
-      barrier.Wait();  // every column of d_a_t written
-      // d_h_{t-1} = d_a_t w_hᵀ, for this thread's units: a = xp + h_{t-1} w_h
-      const T* da_t = d_a + lay.Row(t, 0, G);
-      const int64_t ld = lay.Stride(G);
-      for (int64_t v = v0; v < v1; ++v)
-        Product<T>(B, da_t, ld, panel.get() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H);
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      std::memcpy(d_h0 + b * H + j0, dh.data() + b * H + j0, width * sizeof(T));
-      std::memcpy(d_c0 + b * H + j0, dc.data() + b * H + j0, width * sizeof(T));
-    }
-  });
+        // d_h_{t-1} = d_a_t w_hᵀ (a = xp + h_{t-1} w_h): all of it through the product
+      });
+  if (!done) return false;
+  std::memcpy(d_c0, dc.data(), B * H * sizeof(T));
   return true;
 }
 
@@ -453,47 +489,19 @@ bool Backward(ffi::ThreadPool& pool, const T* gates, const T* cs, const T* c_fir
 // a step: hp = h_{t-1} w_h + b_h, [r z] = σ(xw_t + b_x + hp)[r z], n = tanh(xw_n + b_x[n] + r hp_n),
 // h_t = (1 - z) n + z h_{t-1}. The reserve: [r z n] (n, B, 3H) and hp_n (n, B, H).
 
-// Packs w_h (H, 3H) for the GRU forward's tiles, by blocks of 2L hidden units:
-// panel[v][k][gate * 2L + l] = w_h[k, gate * H + v * 2L + l].
-template <class T>
-Array<T> GruForwardPanels(const T* w_h, int64_t H) {
-  constexpr int L = 32 / sizeof(T);
-  const int64_t G = 3 * H;
-  Array<T> panel = NewArray<T>(H * G);
-  if (!panel) return panel;
-  for (int64_t v = 0; v < H / (2 * L); ++v)
-    for (int64_t k = 0; k < H; ++k)
-      for (int g = 0; g < 3; ++g)
-        std::memcpy(&panel[(v * H + k) * 6 * L + g * 2 * L], w_h + k * G + g * H + v * 2 * L, 2 * L * sizeof(T));
-  return panel;
-}
-
 template <class T>
 bool GruForward(ffi::ThreadPool& pool, const T* xw, const T* b_x, const T* b_h, const T* w_h, const T* h0, T* rzn,
                 T* hp_n, T* hs, T* h_T, int64_t n, int64_t B, int64_t H, bool reverse, bool batch_major) {
   constexpr int L = 32 / sizeof(T);
-  const int64_t G = 3 * H, blocks = H / (2 * L);
+  const int64_t G = 3 * H;
   const Layout lay{n, B, batch_major};
-  const Array<T> panel = GruForwardPanels(w_h, H);
-  if (!panel) return false;
-  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
-  Barrier barrier;
-  Parallel(pool, threads, barrier, [&](int tid, int threads) {
-    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
-    std::vector<T> tiles(B * 6 * L);  // the product for one block of units: (B, [r z n] x 2L)
-    for (int64_t s = 0; s < n; ++s) {
-      const int64_t t = reverse ? n - 1 - s : s, tp = reverse ? t + 1 : t - 1;
-      const T* h_prev = s == 0 ? h0 : hs + lay.Row(tp, 0, H);
-      const int64_t ld_prev = s == 0 ? H : lay.Stride(H);
-      for (int64_t v = v0; v < v1; ++v) {
-        const T* p = panel.get() + v * H * 6 * L;
-        for (int g = 0; g < 3; ++g)
-          Product<T>(B, h_prev, ld_prev, p + g * 2 * L, 6 * L, H, tiles.data() + g * 2 * L, 6 * L);
-        const int64_t j0 = v * 2 * L;
+  const bool done = ForwardLoop<T, 2 * L>(
+      pool, w_h, h0, hs, lay, H, 3, reverse,
+      [&](int64_t, int64_t t, int64_t, int64_t j0, const T* h_prev, int64_t ld_prev, const T* tiles) {
         for (int64_t b = 0; b < B; ++b) {
           const T* x = xw + lay.Row(t, b, G) + j0;
           const T* hp = h_prev + b * ld_prev + j0;
-          const T* tb = tiles.data() + b * 6 * L;
+          const T* tb = tiles + b * 6 * L;
           T* gt = rzn + lay.Row(t, b, G) + j0;
           T* hn = hp_n + lay.Row(t, b, H) + j0;
           T* h = hs + lay.Row(t, b, H) + j0;
@@ -511,15 +519,9 @@ bool GruForward(ffi::ThreadPool& pool, const T* xw, const T* b_x, const T* b_h, 
             Store(hn + l, h_n);
           }
         }
-      }
-      barrier.Wait();
-    }
-    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
-    for (int64_t b = 0; b < B; ++b) {
-      const T* h_last = n == 0 ? h0 + b * H : hs + lay.Row(reverse ? 0 : n - 1, b, H);
-      std::memcpy(h_T + b * H + j0, h_last + j0, width * sizeof(T));
-    }
-  });
+      });
+  if (!done) return false;
+  CopyLast(hs, h0, h_T, lay, H, reverse);
   return true;
 }
 
@@ -530,26 +532,17 @@ bool GruBackward(ffi::ThreadPool& pool, const T* rzn, const T* hp_n, const T* hs
                  const T* d_h_T, const T* w_h, T* d_hp, T* d_a_n, T* d_h0, int64_t n, int64_t B, int64_t H,
                  bool reverse, bool batch_major) {
   constexpr int L = 32 / sizeof(T);
-  const int64_t G = 3 * H, blocks = H / (2 * L);
+  const int64_t G = 3 * H;
   const Layout lay{n, B, batch_major};
-  const Array<T> panel = BackwardPanels(w_h, H, G);
-  if (!panel) return false;
-  std::vector<T> dh(d_h_T, d_h_T + B * H);  // the carry's cotangent; a thread keeps to its units' columns
-  const int threads = NumThreads(pool, blocks, 2.0 * B * H * G);
-  Barrier barrier;
-  Parallel(pool, threads, barrier, [&](int tid, int threads) {
-    const int64_t v0 = blocks * tid / threads, v1 = blocks * (tid + 1) / threads;
-    const int64_t j0 = v0 * 2 * L, width = (v1 - v0) * 2 * L;
-    for (int64_t s = 0; s < n; ++s) {
-      const int64_t t = reverse ? s : n - 1 - s, tp = reverse ? t + 1 : t - 1;
-      for (int64_t b = 0; b < B; ++b) {
+  return ReverseLoop<T>(
+      pool, w_h, d_h_T, d_hp, d_h0, lay, H, G, reverse, true,
+      [&](int64_t s, int64_t t, int64_t tp, int64_t b, int64_t j0, int64_t width, T* dhb) {
         const T* gt = rzn + lay.Row(t, b, G) + j0;
         const T* hn = hp_n + lay.Row(t, b, H) + j0;
         const T* hp = (s == n - 1 ? h_first + b * H : hs + lay.Row(tp, b, H)) + j0;
         const T* dy = d_ys + lay.Row(t, b, H) + j0;
         T* dg = d_hp + lay.Row(t, b, G) + j0;
         T* dn = d_a_n + lay.Row(t, b, H) + j0;
-        T* dhb = dh.data() + b * H + j0;
         for (int64_t l = 0; l < width; l += L) {
           const Vec<T> r = Load(gt + l), z = Load(gt + H + l), c = Load(gt + 2 * H + l), h_n = Load(hn + l);
           const Vec<T> d_h = Load(dhb + l) + Load(dy + l);  // y_t = h_t: the output's cotangent joins
@@ -560,18 +553,9 @@ bool GruBackward(ffi::ThreadPool& pool, const T* rzn, const T* hp_n, const T* hs
           Store(dg + H + l, d_az);
           Store(dg + 2 * H + l, d_an * r);
           Store(dn + l, d_an);
-          Store(dhb + l, d_h * z);  // h = ... + z h_{t-1}; the product adds the rest below
+          Store(dhb + l, d_h * z);  // h = ... + z h_{t-1}; the product adds the rest
         }
-      }
-      barrier.Wait();  // every column of d_hp_t written
-      const T* dg_t = d_hp + lay.Row(t, 0, G);
-      const int64_t ld = lay.Stride(G);
-      for (int64_t v = v0; v < v1; ++v)
-        Product<T>(B, dg_t, ld, panel.get() + v * G * 2 * L, 2 * L, G, dh.data() + v * 2 * L, H, true);
-    }
-    for (int64_t b = 0; b < B; ++b) std::memcpy(d_h0 + b * H + j0, dh.data() + b * H + j0, width * sizeof(T));
-  });
-  return true;
+      });
 }
 
 }  // namespace
