@@ -1,5 +1,5 @@
-"""The one compiled part of jrnn: the plain LSTM's recurrent loops for a CPU
-(``jrnn/kernels/native/lstm.cc``, an XLA FFI handler loaded by ``jrnn.kernels.native``).
+"""The one compiled part of jrnn: the plain LSTM's and GRU's recurrent loops for a CPU
+(``jrnn/kernels/native/lstm.cc``, XLA FFI handlers loaded by ``jrnn.kernels.native``).
 
 Everything else is declared in ``pyproject.toml``. The library is built for x86-64 with AVX2 and
 FMA (tuned for the building CPU) against the XLA FFI headers that jaxlib ships. It is optional:
@@ -39,7 +39,7 @@ class BuildNative(build_ext):
     def build_extensions(self):
         include = _jaxlib_include()
         if include is None:
-            print("warning: jrnn's native LSTM loops are not built: jaxlib's XLA FFI headers were not found")
+            print("warning: jrnn's native LSTM and GRU loops are not built: jaxlib's XLA FFI headers were not found")
             self.extensions = []
             return
         for ext in self.extensions:

@@ -29,7 +29,7 @@ from tests.helpers import randomize
 
 F64 = jnp.float64
 
-needs_native = pytest.mark.skipif(not native.available(), reason="the native LSTM loops are not built here")
+needs_native = pytest.mark.skipif(not native.available(), reason="the native loops are not built here")
 
 
 def _builds_here() -> bool:

@@ -101,8 +101,8 @@ def test_wheel_and_sdist_hold_the_package_at_the_one_version(dists):
     for needed in ("pyproject.toml", "setup.py", "README.md", "jrnn/__init__.py", "jrnn/py.typed",
                    "jrnn/kernels/native/lstm.cc"):
         assert needed in members, f"{needed} is missing from the sdist"
-    if _builds_native():  # the native LSTM loops, compiled from the sdist
-        assert "jrnn/kernels/native/liblstm_cpu.so.1" in names, "the wheel has no native LSTM library"
+    if _builds_native():  # the native loops, compiled from the sdist
+        assert "jrnn/kernels/native/liblstm_cpu.so.1" in names, "the wheel has no native library"
 
 
 def _builds_native() -> bool:
@@ -161,7 +161,7 @@ def test_import_jrnn_from_the_installed_wheel(venv, tmp_path):
     assert got["version"] == got["metadata"] == _version()
     assert got["typed"], "py.typed is not installed"
     assert got["submodules"] == ["bptt", "train", "interop", "nnx"]
-    assert got["native"] == _builds_native(), "the wheel's native LSTM loops do not load"
+    assert got["native"] == _builds_native(), "the wheel's native loops do not load"
 
 
 def test_jrnn_help(venv, tmp_path):

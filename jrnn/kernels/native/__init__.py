@@ -114,7 +114,7 @@ def run_on_cpu(native, reference, *args):
 
 def _require() -> None:
     if _library() is None:
-        raise RuntimeError("jrnn's native LSTM loops are not built (jrnn.kernels.native.available() is False): "
+        raise RuntimeError("jrnn's native loops are not built (jrnn.kernels.native.available() is False): "
                            "reinstall jrnn with a C++17 compiler on the PATH")
 
 

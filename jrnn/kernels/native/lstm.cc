@@ -283,8 +283,8 @@ struct Layout {
 
 // Huge pages. XLA allocates a call's temporaries afresh (glibc maps anything above 32 MiB anew on
 // every call), and so does this file for the packed weights: every 4 KiB page of such a buffer
-// costs a page fault on its first write, 3 µs each on the measuring machine, about a tenth of the
-// gradient at hidden size 512 and up (benchmarks/NOTES.md, section 16). Advised before the first
+// costs a page fault on its first write, 2-3 µs each on the measuring machine, up to about a tenth
+// of the gradient at hidden size 512 and up (benchmarks/NOTES.md, section 16). Advised before the first
 // write, transparent huge pages (THP in its "madvise" or "always" mode) take one fault per 2 MiB;
 // where THP is off the advice is ignored. Advice only: no content changes.
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
