@@ -143,6 +143,11 @@ class GRUCell(Cell):
             **self._options_init(dtype),
         )
 
+    @property
+    def _plain(self) -> bool:
+        """The defaults: the reset gate after the product (PyTorch's GRU), no layer norm."""
+        return self.reset_after and not self.layer_norm
+
     # -- the maths ---------------------------------------------------------------------------
     def input_bias(self, params):
         """``b_x``; zeros with layer norm, where ``b_x`` joins after the normalization."""

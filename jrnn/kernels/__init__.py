@@ -12,11 +12,11 @@
   Not yet run on a GPU.
 
 ``jrnn.kernels.native`` is of another kind: not a ``backward`` of its own but the plain LSTM's
-two loops of ``backward="bptt"`` written in C++ for a CPU (XLA FFI handlers built by
+and GRU's two loops of ``backward="bptt"`` written in C++ for a CPU (XLA FFI handlers built by
 ``pip install``), which ``jrnn.scan`` runs in place of its ``lax.scan`` loops where they apply.
 
-The two fused layers take the arguments of ``jrnn.scan``'s scans (time-major ``xs (T, B, D)``, lengths or None)
-and return ``(carry_T, ys)`` with ``unroll``'s semantics (padded steps keep the carry and output
+The two fused layers take the arguments of ``jrnn.scan``'s scans (time-major ``xs (T, B, D)``,
+lengths or None) and return ``(carry_T, ys)`` with ``unroll``'s semantics (padded steps keep the carry and output
 zeros; ``reverse`` reads each sequence backwards from its own last valid step). Options a kernel
 cannot run (a cell option, a ``(T, B)`` mask, ``remat``, another dtype, no GPU) raise a
 ``ValueError`` that names them when the layer is traced.

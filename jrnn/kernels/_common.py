@@ -22,9 +22,7 @@ def check_common(name: str, cell, lengths, remat: bool, kinds: tuple[type, ...])
     if not isinstance(cell, kinds):
         names = " or ".join(k.__name__ for k in kinds)
         fail(f"the cell for {option}", f"a {names}", type(cell).__name__)
-    plain = getattr(cell, "_plain", True) and not getattr(cell, "layer_norm", False)
-    if getattr(cell, "reset_after", True) is False:
-        plain = False
+    plain = getattr(cell, "_plain", True) and not getattr(cell, "layer_norm", False)  # GRU: reset_after too
     if not plain:
         fail(f"the cell for {option}", "a cell without options (proj_size, peepholes, layer_norm, "
              "reset_after=False are not in the fused kernel)", repr(cell))  # fmt: skip

@@ -96,11 +96,9 @@ def applies(cell, dtype) -> bool:
     float64: of 8), and ``enabled()``. On a device other than the CPU the pure-JAX loops run
     (``run_on_cpu``)."""
     multiple = HIDDEN_MULTIPLE.get(np.dtype(dtype))
-    plain = (type(cell) is LSTMCell and cell._plain) or (
-        type(cell) is GRUCell and cell.reset_after and not cell.layer_norm
-    )
     return (
-        plain
+        type(cell) in (LSTMCell, GRUCell)
+        and cell._plain
         and multiple is not None
         and cell.hidden_size % multiple == 0
         and enabled()
