@@ -58,9 +58,10 @@ class RNN(nnx.Module):
     Args:
       cell: a jrnn cell (``VanillaCell``, ``LSTMCell`` or ``GRUCell``).
       input_size: features of the inputs.
-      num_layers, bidirectional, output_size, dropout, input_dropout, recurrent_dropout: as for
-        ``jrnn.RNN``. Each dropout uses one mask per sequence (variational), drawn from the
-        ``rng_collection`` stream.
+      num_layers, bidirectional, output_size, dropout, input_dropout, recurrent_dropout, pool,
+        num_steps, merge: as for ``jrnn.RNN``. Each dropout uses one mask per sequence
+        (variational), drawn from the ``rng_collection`` stream; ``pool`` makes the module a
+        sequence-level head (``ys (B, P)``, or ``(B, output_size)`` through the readout).
       param_dtype: dtype of the initial parameters.
       deterministic: ``False`` (NNX's default for ``nnx.Dropout``): dropout is on; ``True``: off.
         ``module.train()`` / ``module.eval()`` / ``nnx.view(module, deterministic=...)`` set it, and
@@ -82,6 +83,9 @@ class RNN(nnx.Module):
         dropout: float = 0.0,
         input_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        pool: str | None = None,
+        num_steps: int | None = None,
+        merge: str = "concat",
         param_dtype=jnp.float32,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
@@ -96,6 +100,9 @@ class RNN(nnx.Module):
             dropout=dropout,
             input_dropout=input_dropout,
             recurrent_dropout=recurrent_dropout,
+            pool=pool,
+            num_steps=num_steps,
+            merge=merge,
         )
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
@@ -144,6 +151,9 @@ class RNN(nnx.Module):
             dropout=model.dropout,
             input_dropout=model.input_dropout,
             recurrent_dropout=model.recurrent_dropout,
+            pool=model.pool,
+            num_steps=model.num_steps,
+            merge=model.merge,
             deterministic=deterministic,
             rng_collection=rng_collection,
             params=params,
@@ -244,17 +254,20 @@ class RNN(nnx.Module):
         carries=None,
         *,
         seq_lengths=None,
+        mask=None,
         time_major: bool = False,
         unroll: int = 1,
         remat: bool = False,
         backward: str = "autodiff",
+        method: str = "sequential",
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ):
         """Run the network: ``xs (B, T, D)`` (``(T, B, D)`` with ``time_major``, or ``(T, D)``).
 
-        Returns ``(ys, carries)`` as ``jrnn.RNN.apply`` does; ``carries`` fed back continues the
-        sequence. ``deterministic`` overrides the module's mode for this call; ``rngs`` (an
+        Returns ``(ys, carries)`` as ``jrnn.RNN.apply`` does (``seq_lengths``, ``mask``,
+        ``unroll``, ``remat``, ``backward`` and ``method`` as there); ``carries`` fed back continues
+        the sequence. ``deterministic`` overrides the module's mode for this call; ``rngs`` (an
         ``nnx.Rngs``, a stream or a key) overrides its dropout stream.
         """
         dropout_key = self._dropout_key(deterministic, rngs)
@@ -263,9 +276,11 @@ class RNN(nnx.Module):
             xs,
             carries,
             seq_lengths=seq_lengths,
+            mask=mask,
             dropout_key=dropout_key,
             time_major=time_major,
             unroll=unroll,
             remat=remat,
             backward=backward,
+            method=method,
         )

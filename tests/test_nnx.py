@@ -29,6 +29,10 @@ CONFIGS = {
     "lstm_bidir_readout": dict(cell=jrnn.LSTMCell(H, recurrent_init="normal"), num_layers=2, bidirectional=True, output_size=2),
     "gru": dict(cell=jrnn.GRUCell(H, recurrent_init="normal"), num_layers=1),
     "vanilla_relu_2": dict(cell=jrnn.VanillaCell(H, activation="relu", recurrent_init="normal"), num_layers=2),
+    # sequence-level heads: pooled over time, the directions merged other than by concat
+    "gru_bidir_mean_sum": dict(cell=jrnn.GRUCell(H, recurrent_init="normal"), bidirectional=True, pool="mean",
+                               merge="sum", output_size=2),
+    "lstm_flatten": dict(cell=jrnn.LSTMCell(H, recurrent_init="normal"), pool="flatten", num_steps=T, output_size=3),
 }
 
 
@@ -83,6 +87,15 @@ def test_from_params_and_set_params():
     xs = inputs()
     assert max_err(rnn(xs), model.apply(params, xs)) == 0.0
 
+    # a sequence-level head keeps its pooling and merge through from_params
+    pooled = jrnn.RNN(jrnn.LSTMCell(H), bidirectional=True, pool="max", merge="mean", output_size=2)
+    pooled_params = randomize(pooled.init(jax.random.key(3), D, jnp.float64), jax.random.key(4))
+    head = jnnx.RNN.from_params(pooled, pooled_params)
+    assert head.spec == pooled
+    ys, _ = head(inputs())
+    assert ys.shape == (B, 2)
+    assert max_err(ys, pooled.apply(pooled_params, inputs())[0]) == 0.0
+
     other = randomize(params, jax.random.key(2))
     rnn.set_params(other)
     assert max_err(rnn.params, other) == 0.0
@@ -97,6 +110,42 @@ def test_from_params_and_set_params():
     x = torch.randn(B, T, D, dtype=torch.float64)
     ys, _ = rnn(jnp.asarray(x.numpy()))
     assert float(np.max(np.abs(np.asarray(ys) - module(x)[0].detach().numpy()))) < 1e-9
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras' own
+def test_a_keras_layer_without_sequences_becomes_a_pooled_module():
+    """``from_keras`` turns ``return_sequences=False`` into ``pool="final"``; the module keeps it."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # as tests/test_keras.py, before keras loads
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip(f"keras runs on {keras.backend.backend()} here, not jax")
+    from jrnn import interop
+
+    layer = keras.layers.LSTM(H, return_sequences=False)
+    x = np.asarray(jax.random.normal(jax.random.key(7), (B, T, D)), np.float32)
+    with jax.numpy_rank_promotion("allow"):  # Keras' own ops broadcast implicitly (conftest raises)
+        expected = np.asarray(layer(x))
+    rnn = jnnx.RNN.from_params(*interop.from_keras(layer))
+    assert rnn.spec.pool == "final"
+    ys, _ = rnn(jnp.asarray(x))
+    assert ys.shape == (B, H)
+    assert float(np.max(np.abs(np.asarray(ys) - expected))) < 1e-5
+
+
+def test_mask_and_method_reach_apply():
+    rnn = jnnx.RNN(jrnn.GRUCell(H, recurrent_init="normal"), D, num_layers=2, param_dtype=jnp.float64,
+                   rngs=nnx.Rngs(0))
+    model, params, xs = rnn.spec, rnn.params, inputs()
+    mask = jnp.array([[True, False, True, True, False], [True] * T, [False, True, True, False, True]])
+    ys, c = rnn(xs, mask=mask)
+    ys_ref, c_ref = model.apply(params, xs, mask=mask)
+    assert max_err((ys, c), (ys_ref, c_ref)) == 0.0
+    assert max_err(ys, model.apply(params, xs)[0]) > 1e-3  # the mask changed the outputs
+    ys_newton, _ = rnn(xs, method="newton")
+    assert max_err(ys_newton, model.apply(params, xs, method="newton")[0]) == 0.0
+    assert max_err(ys_newton, model.apply(params, xs)[0]) < 1e-8  # Newton converges to the sequential outputs
 
 
 class Regressor(nnx.Module):
