@@ -58,10 +58,11 @@ class RNN(nnx.Module):
     Args:
       cell: a jrnn cell (``VanillaCell``, ``LSTMCell`` or ``GRUCell``).
       input_size: features of the inputs.
-      num_layers, bidirectional, output_size, dropout, input_dropout, recurrent_dropout, pool,
-        num_steps, merge: as for ``jrnn.RNN``. Each dropout uses one mask per sequence
-        (variational), drawn from the ``rng_collection`` stream; ``pool`` makes the module a
-        sequence-level head (``ys (B, P)``, or ``(B, output_size)`` through the readout).
+      num_layers, bidirectional, output_size, dropout, input_dropout, recurrent_dropout: as for
+        ``jrnn.RNN``. Each dropout uses one mask per sequence (variational), drawn from the
+        ``rng_collection`` stream.
+      pool, num_steps, merge: as for ``jrnn.RNN``; ``pool`` makes the module a sequence-level
+        head (``ys (B, P)``, or ``(B, output_size)`` through the readout).
       param_dtype: dtype of the initial parameters.
       deterministic: ``False`` (NNX's default for ``nnx.Dropout``): dropout is on; ``True``: off.
         ``module.train()`` / ``module.eval()`` / ``nnx.view(module, deterministic=...)`` set it, and
