@@ -396,7 +396,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
              "temporal_order: temporal order classification; sunspots, aapl: next value of a "
              "real series (windows of --seq-len); digits: 8x8 digits read row by row "
              "(default: sine)")
-    add("--cell", choices=("vanilla", "lstm", "gru"), default="lstm", help="recurrent cell (default: lstm)")
+    add("--cell", choices=("vanilla", "lstm", "gru", "mingru", "minlstm"), default="lstm",
+        help="recurrent cell (default: lstm); mingru and minlstm are the parallel-in-time cells")
     add("--activation", choices=("tanh", "relu", "sigmoid", "linear"), default=None,
         help="activation of the vanilla cell (default: tanh; only with --cell vanilla)")
     add("--layers", type=POSITIVE_INT, default=1, help="number of stacked layers (default: 1)")

@@ -88,6 +88,17 @@ def test_train_smoke_with_truncation(tmp_path, capsys):
     assert (out / "loss_curve.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_train_with_the_parallel_in_time_cells_and_presets(tmp_path, capsys, cell):
+    out = tmp_path / cell
+    args = ["train", "--task", "sine", "--cell", cell, "--init", "torch", "--hidden", "4", "--steps", "3",
+            "--batch-size", "4", "--seq-len", "6", "--eval-every", "3", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["cell"] == cell and metrics["config"]["init"] == "torch" and metrics["steps"] == 3
+    assert np.isfinite(metrics["val_loss"]) and metrics["val_loss"] < metrics["baselines"]["predict_mean_mse"] * 2
+
+
 def test_train_classification_resumes_from_its_checkpoint(tmp_path, capsys):
     pytest.importorskip("sklearn")
     out, ckpt = tmp_path / "digits", tmp_path / "ckpt"

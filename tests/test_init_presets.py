@@ -38,7 +38,7 @@ def test_torch_preset_matches_pytorchs_own_ranges():
     """The same bounds PyTorch's own modules draw in (read from a freshly built module)."""
     torch = pytest.importorskip("torch")
     module = torch.nn.LSTM(D, H)
-    got = max(float(p.abs().max()) for p in module.parameters())
+    got = max(float(p.detach().abs().max()) for p in module.parameters())
     assert got <= 1.0 / math.sqrt(H)
     cell = jrnn.LSTMCell(H)
     p = cell.init(jax.random.PRNGKey(1), D, init="torch")
@@ -62,6 +62,26 @@ def test_keras_preset(kind):
     else:
         for b in jax.tree_util.tree_leaves(p[2:]):  # the options' None fields have no leaves
             np.testing.assert_array_equal(np.asarray(b), 0.0)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+def test_presets_of_the_cells_without_a_recurrent_matrix(kind):
+    """No PyTorch or Keras counterpart: "torch" draws every leaf U(±1/√H), "keras" is the default."""
+    cell = jrnn.make_cell(kind, H)
+    key = jax.random.PRNGKey(0)
+    torch_like = cell.init(key, D, jnp.float64, init="torch")
+    bound = 1.0 / math.sqrt(H)
+    for leaf in (torch_like.w_x, torch_like.b):
+        a = np.asarray(leaf)
+        assert np.abs(a).max() <= bound and np.abs(a).max() > 0.9 * bound
+        assert a.std() == pytest.approx(bound / math.sqrt(3), rel=0.15)
+    keras_like = cell.init(key, D, jnp.float64, init="keras")
+    default = cell.init(key, D, jnp.float64)
+    for got, want in zip(keras_like, default):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(default.b), 0.0)
+    model = jrnn.RNN(cell, num_layers=2, output_size=1)  # and through the network
+    assert model.check_params(model.init(key, D, init="torch")) == D
 
 
 def test_network_presets_and_torch_readout():

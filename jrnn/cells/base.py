@@ -202,7 +202,9 @@ class Cell:
           init: ``"default"`` (Glorot-uniform ``w_x``, ``w_h`` per gate block from
             ``recurrent_init`` with gain ``recurrent_scale``, zero biases, the LSTM's
             ``forget_bias`` in its f block), ``"torch"`` (PyTorch's ``U(±1/√H)`` for every weight
-            and bias) or ``"keras"`` (Keras' defaults); see ``jrnn.cells.init.INIT_PRESETS``.
+            and bias) or ``"keras"`` (Keras' defaults); see ``jrnn.cells.init.INIT_PRESETS``. For a
+            cell with no recurrent matrix (``MinGRUCell``, ``MinLSTMCell``) ``"torch"`` draws every
+            leaf ``U(±1/√H)`` and ``"keras"`` is the default.
 
         Returns:
           the cell's params NamedTuple.
@@ -219,8 +221,9 @@ class Cell:
         if init == "torch":
             return self._init_torch(key, input_size, dtype)
         params = self._init(key, input_size, dtype)
-        if init == "keras":  # the same, but w_h orthogonal as a whole matrix
-            rows = self.param_shapes(input_size)["w_h"][0]  # H (an LSTM's proj_size P with a projection)
+        shapes = self.param_shapes(input_size)
+        if init == "keras" and "w_h" in shapes:  # the same, but w_h orthogonal as a whole matrix
+            rows = shapes["w_h"][0]  # H (an LSTM's proj_size P with a projection)
             params = params._replace(w_h=orthogonal_full(jax.random.fold_in(key, 1), rows, self.gate_size, dtype))
         return params
 
@@ -228,7 +231,7 @@ class Cell:
         """PyTorch's draws in PyTorch's layout, converted by the cell's own PyTorch map."""
         H, G = self.hidden_size, self.gate_size
         k_ih, k_hh, k_bi, k_bh = jax.random.split(key, 4)
-        if type(self).from_torch_mode is Cell.from_torch_mode:  # no PyTorch counterpart: every leaf U(±1/√H)
+        if type(self).from_torch_mode.__func__ is Cell.from_torch_mode.__func__:  # no PyTorch counterpart: every leaf U(±1/√H)
             keys = jax.random.split(key, len(self.params_type._fields))
             shapes = self.param_shapes(input_size)
             return self.params_type(*(
