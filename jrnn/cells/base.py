@@ -231,7 +231,8 @@ class Cell:
         """PyTorch's draws in PyTorch's layout, converted by the cell's own PyTorch map."""
         H, G = self.hidden_size, self.gate_size
         k_ih, k_hh, k_bi, k_bh = jax.random.split(key, 4)
-        if type(self).from_torch_mode.__func__ is Cell.from_torch_mode.__func__:  # no PyTorch counterpart: every leaf U(±1/√H)
+        # no PyTorch counterpart (the base class's from_torch_mode): every leaf U(±1/√H)
+        if type(self).from_torch_mode.__func__ is Cell.from_torch_mode.__func__:
             keys = jax.random.split(key, len(self.params_type._fields))
             shapes = self.param_shapes(input_size)
             return self.params_type(*(
