@@ -66,6 +66,19 @@ def torch_threads() -> int | None:
     return torch.get_num_threads()
 
 
+def command() -> str:
+    """The command line that started this process as it is typed: ``python -m benchmarks.parallel
+    --quick`` for a benchmark module run with ``-m`` (whose ``sys.argv[0]`` is the module's path),
+    ``sys.argv`` itself otherwise."""
+    first = Path(sys.argv[0])
+    here = Path(__file__).resolve().parent
+    if first.suffix == ".py" and first.resolve().parent == here:
+        head = "python -m benchmarks" + ("" if first.stem == "__main__" else f".{first.stem}")
+    else:
+        head = first.name
+    return " ".join([head, *sys.argv[1:]])
+
+
 def environment() -> dict[str, Any]:
     """Device, versions and settings that a result depends on."""
     import jax
@@ -73,7 +86,7 @@ def environment() -> dict[str, Any]:
     devices = jax.devices()
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),

@@ -301,6 +301,18 @@ def test_versions_compares_base_and_working_tree(tmp_path):
     assert "| case | mode | base | new | new/base |" in md
 
 
+def test_results_record_the_command_as_typed(monkeypatch):
+    """A module run with ``python -m benchmarks.X`` has its file as ``sys.argv[0]``; the results
+    name the command, not the file."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "parallel.py"), "--quick"])
+    assert common.command() == "python -m benchmarks.parallel --quick"
+    assert common.environment()["command"] == "python -m benchmarks.parallel --quick"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "__main__.py"), "--only", "speed"])
+    assert common.command() == "python -m benchmarks --only speed"
+    monkeypatch.setattr(sys, "argv", ["python", "-m", "benchmarks", "--quick"])  # as the runner sets it
+    assert common.command() == "python -m benchmarks --quick"
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_well_formed_results(tmp_path):
     out = tmp_path / "results"
