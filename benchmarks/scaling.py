@@ -1,7 +1,8 @@
 """Scaling: how does the time of one training gradient grow with T, B and H?
 
-One axis at a time around ``B=32, T=100, D=32, H=128`` (a 1-layer LSTM), jrnn and PyTorch timed
-interleaved at every point (after checking that they agree), and the exponent ``p`` of
+One axis at a time around ``B=32, T=100, D=32, H=128`` (a 1-layer LSTM), jrnn (``jrnn``: autodiff,
+``jrnn-bptt``: the hand-written backward, the training default) and PyTorch timed interleaved at
+every point (after checking that they agree), and the exponent ``p`` of
 ``time ∝ x^p`` fitted in log-log space. Ideal: ``p = 1`` in T; in B and H below the FLOP count's
 1 and 2 while per-step overheads dominate, approaching them once the products are large.
 
@@ -21,7 +22,7 @@ BASE = dict(B=32, T=100, D=32, H=128)
 QUICK_BASE = dict(B=4, T=20, D=4, H=16)
 SWEEPS = {"T": [25, 50, 100, 200, 400, 800], "B": [8, 16, 32, 64, 128], "H": [32, 64, 128, 256, 512]}
 QUICK_SWEEPS = {"T": [10, 40], "B": [2, 8], "H": [8, 32]}
-PEER_NAMES = ["jrnn", "torch", "torch-1t"]
+PEER_NAMES = ["jrnn", "jrnn-bptt", "torch", "torch-1t"]
 
 
 def run(out_dir: Path, *, quick: bool = False, cell: str = "lstm", show_progress: bool = True) -> dict[str, Any]:
@@ -90,12 +91,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             if r["axis"] == axis:
                 t = r["time_s"]
                 torch_best = min([t[n] for n in ("torch", "torch-1t") if n in t], default=None)
-                ratio = torch_best / t["jrnn"] if torch_best and "jrnn" in t else None
-                rows.append([r["value"], common.fmt_time(t.get("jrnn")), common.fmt_time(t.get("torch")),
-                             common.fmt_time(t.get("torch-1t")), common.fmt_ratio(ratio)])
+                ratios = [torch_best / t[n] if torch_best and n in t else None for n in ("jrnn-bptt", "jrnn")]
+                rows.append([r["value"], *(common.fmt_time(t.get(n)) for n in PEER_NAMES),
+                             *(common.fmt_ratio(x) for x in ratios)])
         fit = ", ".join(f"{n}: p = {f['exponent']:.2f} (R² {f['r2']:.3f})" for n, f in fits.items())
         out.append(f"\n### vs {axis} — {fit}\n\n" + common.markdown_table(
-            [axis, "jrnn", "torch (2 threads)", "torch (1 thread)", "best torch / jrnn"], rows))
+            [axis, "jrnn (autodiff)", "jrnn-bptt", "torch (2 threads)", "torch (1 thread)",
+             "best torch / jrnn-bptt", "best torch / jrnn"], rows))
     return "\n".join(out)
 
 

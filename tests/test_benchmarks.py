@@ -367,6 +367,8 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
     assert {r["axis"] for r in compile_["rows"]} == {"T", "layers", "unroll"}
     scaling = json.loads((out / "scaling.json").read_text())
     assert set(scaling["fits"]) == {"T", "B", "H"}
+    assert all({"jrnn", "jrnn-bptt", "torch"} <= set(fits) for fits in scaling["fits"].values())
+    assert "| best torch / jrnn-bptt |" in (out / "scaling.md").read_text()
     quality = json.loads((out / "quality.json").read_text())
     assert quality["missing"] or {r["task"] for r in quality["rows"]} == {"adding", "copy_memory", "timing", "sine"}
     studies = quality["studies"]
