@@ -460,7 +460,8 @@ def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | st
 
     Raises:
       ValueError: no such checkpoint (``"best"`` without ``keep_best``, a step not kept).
-      Damaged: (a ``ValueError``) the arrays read back do not match the checksums saved with them.
+      Damaged: (a ``ValueError``) the arrays read back do not match the checksums saved with them,
+        or their stored bytes cannot be read (the storage layer detected the damage).
     """
     import orbax.checkpoint as ocp
 
@@ -493,8 +494,14 @@ def restore(checkpoint_dir: str | os.PathLike, params, opt_state, step: int | st
         key_like = np.zeros((2,), np.uint32)
         like = {"params": params, "opt_state": opt_state, "key": key_like}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        restored = manager.restore(int(chosen), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))  # fmt: skip
+        try:
+            restored = manager.restore(int(chosen), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))  # fmt: skip
+        except (ValueError, TypeError):
+            raise  # orbax's own message: another structure, unreadable metadata
+        except Exception as err:  # noqa: BLE001 - orbax wraps a failed read of the stored bytes in a bare Exception
+            reason = _short(err.__cause__ or err)
+            raise Damaged(f"step {chosen}: the stored arrays cannot be read back ({reason})") from err
     finally:
         manager.close()
     state = restored["state"]
